@@ -1,0 +1,98 @@
+"""Command line: one subcommand per stage plus helpers. Argument parsing only."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+from . import config, paths
+from .errors import PipelineError
+from .stages import STAGES
+
+log = logging.getLogger("pipeline")
+
+
+def _stage_inputs(stage: str, view: dict) -> list:
+    ds = view.get("data", {}).get("dataset")
+    return {"acquire": [], "index": [paths.raw_dir(ds)]}.get(stage, [])
+
+
+def _run_stage(name: str, args) -> int:
+    from . import runtime, tracking
+
+    params = config.load(args.params)  # exit 2 before any work when invalid
+    spec = STAGES[name]
+    view = config.stage_view(params, spec.params)
+    runtime.setup_logging(args.log)
+    started = time.time()
+    if name == "acquire":
+        from .data import acquire as module
+    else:
+        from .data import manifest as module
+    summary = module.run(view)
+    seconds = time.time() - started
+    ds = params["data"]["dataset"]
+    fp = runtime.fingerprint(view, _stage_inputs(name, view))
+    with tracking.stage_run(name, ds, view, fp, tags={"device": "cpu"}) as mlflow:
+        numeric = {k: float(v) for k, v in config.flatten(summary).items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        mlflow.log_metrics({**{k[:250]: v for k, v in numeric.items()}, "wall_seconds": seconds})
+    counts = ", ".join(f"{k}={v}" for k, v in config.flatten(summary).items()
+                       if isinstance(v, int) and not isinstance(v, bool) and k.split(".")[0] in ("clips", "rejected", "words"))
+    line = f"{name}: {ds}: {counts} in {seconds:.1f} s"
+    log.info(line)
+    print(line)
+    return 0
+
+
+def _preset(args) -> int:
+    config.apply_preset(args.name, args.params)
+    print(f"preset {args.name} applied to {args.params} (validated)")
+    return 0
+
+
+def _validate(args) -> int:
+    config.load(args.params)
+    print(f"{args.params}: valid")
+    return 0
+
+
+def _stages(args) -> int:
+    for spec in STAGES.values():
+        print(f"{spec.name:10s} params: {', '.join(spec.params)}")
+        print(f"{'':10s} code:   {', '.join(spec.all_code)}")
+        print(f"{'':10s} {spec.summary}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description="SyncTalkFace pipeline stages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for spec in STAGES.values():
+        p = sub.add_parser(spec.name, help=spec.summary)
+        p.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
+        p.add_argument("--log", default=None, help="also write the log to this file")
+        p.set_defaults(func=lambda a, n=spec.name: _run_stage(n, a))
+    p = sub.add_parser("preset", help="merge workflow/presets/NAME.yaml into params.yaml and validate")
+    p.add_argument("name", help=f"one of: {', '.join(config.preset_names())}")
+    p.add_argument("--params", default="params.yaml")
+    p.set_defaults(func=_preset)
+    p = sub.add_parser("validate", help="check params.yaml against the schema")
+    p.add_argument("--params", default="params.yaml")
+    p.set_defaults(func=_validate)
+    p = sub.add_parser("stages", help="list the stages, the params and the code each depends on")
+    p.set_defaults(func=_stages)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

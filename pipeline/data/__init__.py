@@ -1,0 +1,1 @@
+"""Datasets: the embedded corpus, LRW/LRS2 layouts, acquisition and the clip manifest."""

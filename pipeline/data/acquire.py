@@ -1,0 +1,44 @@
+"""The acquire stage: build the embedded corpus, or adopt a copy of LRW/LRS2 already on disk.
+
+Output: data/raw/<dataset>/ holding source.json (what was acquired, from where, its layout and
+clip counts) and, for the embedded corpus, the corpus itself. An adopted copy is validated and
+recorded, never copied.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from .. import paths
+from ..runtime import available_cores, write_json_atomic
+from . import embedded, layouts
+
+log = logging.getLogger("pipeline.acquire")
+
+
+def run(view: dict) -> dict:
+    data = view["data"]
+    ds = data["dataset"]
+    out = paths.raw_dir(ds)
+    if ds == "embedded":
+        from tqdm import tqdm
+
+        cfg = data["embedded"]
+        total = cfg["train_clips"] + cfg["val_clips"] + cfg["test_clips"]
+        with tqdm(total=total, desc="embedded corpus", unit="clip", disable=None) as bar:
+            return embedded.build(cfg, out, available_cores(), progress=bar.update)
+    section = data[ds]
+    root = Path(section["root"]).expanduser().resolve()
+    include_pretrain = bool(section.get("include_pretrain", False))
+    summary = layouts.validate(ds, root, include_pretrain)
+    record = {"dataset": ds, "kind": "adopted", "source": section["source"], "root": str(root),
+              "include_pretrain": include_pretrain, **summary}
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_json_atomic(tmp / "source.json", record)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return record

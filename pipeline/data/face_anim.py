@@ -1,0 +1,389 @@
+"""Talking faces from still photographs: identities, mouth motion from phonemes, head motion.
+
+A real photograph gives a base frame and its face-mesh landmarks (found once, offline, with
+mediapipe). Each video frame moves the lips and jaw by a smooth displacement field built from
+the landmarks: the upper face and the lower face get separate fields, split along the lips'
+seam, so the mouth opens (a painted cavity with teeth shows between the lips) instead of
+stretching. Mouth shape comes from a viseme track computed from the synthesiser's phoneme
+timing, so what the face does and what the audio says are in exact sync.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from .speech import Segment, is_silence
+
+# ---------------------------------------------------------------- face-mesh landmark groups
+UPPER_OUTER = [185, 40, 39, 37, 0, 267, 269, 270, 409]
+LOWER_OUTER = [146, 91, 181, 84, 17, 314, 405, 321, 375]
+UPPER_INNER = [191, 80, 81, 82, 13, 312, 311, 310, 415]
+LOWER_INNER = [95, 88, 178, 87, 14, 317, 402, 318, 324]
+CORNERS = [61, 291, 78, 308]
+CHIN = [(18, 0.95), (200, 0.95), (199, 0.95), (175, 1.0), (152, 1.0), (148, 0.85), (377, 0.85),
+        (176, 0.65), (400, 0.65), (149, 0.45), (378, 0.45), (150, 0.25), (379, 0.25),
+        (136, 0.1), (365, 0.1), (83, 0.9), (313, 0.9), (201, 0.8), (421, 0.8), (32, 0.6), (262, 0.6)]
+ANCHORS = [10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 172, 58, 132, 93, 234,
+           127, 162, 21, 54, 103, 67, 109, 33, 133, 263, 362, 159, 145, 386, 374, 1, 4, 5, 195,
+           2, 98, 327, 50, 280, 123, 352, 207, 427, 205, 425, 216, 436, 192, 416]
+# seam: inner lip line from corner to corner
+SEAM_UPPER = [78] + UPPER_INNER + [308]
+SEAM_LOWER = [78] + LOWER_INNER + [308]
+
+
+# ---------------------------------------------------------------- visemes
+# (open, width, round) targets. open 0..1 (jaw), width -1..1 (spread), round 0..1 (protrude)
+_VISEMES: list[tuple[tuple[str, ...], tuple[float, float, float]]] = [
+    (("p", "b", "m"), (0.0, 0.0, 0.0)),
+    (("f", "v"), (0.06, 0.1, 0.0)),
+    (("T", "D"), (0.2, 0.15, 0.0)),
+    (("s", "z"), (0.1, 0.45, 0.0)),
+    (("S", "Z", "tS", "dZ"), (0.16, -0.2, 0.7)),
+    (("w", "W"), (0.1, -0.5, 1.0)),
+    (("r", "r-", "R"), (0.2, -0.2, 0.5)),
+    (("j",), (0.18, 0.4, 0.0)),
+    (("t", "d", "n", "l", "L", "t#", "d#"), (0.22, 0.15, 0.0)),
+    (("k", "g", "N", "x", "h", "?"), (0.32, 0.0, 0.0)),
+    (("aI", "aU", "a", "a#", "A:", "A", "A@", "a2", "aI@", "aI3"), (0.95, 0.1, 0.0)),
+    (("eI", "e", "E", "e@", "E2", "E@"), (0.55, 0.45, 0.0)),
+    (("i", "i:", "I", "I#", "I2", "i@", "i@3", "y"), (0.3, 0.7, 0.0)),
+    (("oU", "O", "O:", "O@", "0", "OI", "o@"), (0.62, -0.35, 0.75)),
+    (("u", "u:", "U", "U@", "u@"), (0.25, -0.55, 1.0)),
+    (("V",), (0.65, 0.1, 0.0)),
+    (("3", "3:", "@", "@2", "@5", "@L", "@r", "a@"), (0.42, 0.0, 0.15)),
+]
+_VISEME_TABLE = {sym: feats for syms, feats in _VISEMES for sym in syms}
+
+
+def viseme(phone: str) -> tuple[float, float, float]:
+    """Mouth target of an espeak-ng phoneme mnemonic (stress marks removed)."""
+    if is_silence(phone):
+        return (0.0, 0.0, 0.0)
+    if phone in _VISEME_TABLE:
+        return _VISEME_TABLE[phone]
+    for n in (3, 2, 1):  # longest known prefix: 'aI@' -> 'aI', 'n-' -> 'n'
+        if phone[:n] in _VISEME_TABLE:
+            return _VISEME_TABLE[phone[:n]]
+    return (0.3, 0.0, 0.0)
+
+
+def viseme_track(phones: list[Segment], times: np.ndarray, smooth_s: float = 0.035) -> np.ndarray:
+    """Mouth parameters [len(times), 3] at the given times (seconds): phone targets held over each
+    phone, then smoothed (co-articulation) by a Gaussian of `smooth_s` seconds."""
+    step = 0.002
+    end = max([p.end for p in phones] + [float(times.max()) + 0.1])
+    grid = np.arange(0.0, end + step, step)
+    target = np.zeros((len(grid), 3), np.float64)
+    for p in phones:
+        a, b = int(round(p.start / step)), int(round(p.end / step))
+        target[a:max(a + 1, b)] = viseme(p.label)
+    sigma = smooth_s / step
+    radius = int(4 * sigma)
+    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    kernel /= kernel.sum()
+    padded = np.pad(target, ((radius, radius), (0, 0)), mode="edge")
+    smooth = np.stack([np.convolve(padded[:, k], kernel, mode="valid") for k in range(3)], axis=1)
+    return np.stack([np.interp(times, grid, smooth[:, k]) for k in range(3)], axis=1)
+
+
+# ---------------------------------------------------------------- photos and identities
+PHOTOS = {
+    # name: (loader description, licence)
+    "astronaut": "scikit-image data/astronaut.png: Eileen Collins, NASA portrait (public domain)",
+    "hopper": "matplotlib sample_data/grace_hopper.jpg: Grace Hopper, US Navy photo (public domain)",
+}
+
+
+def load_photo(name: str) -> np.ndarray:
+    import imageio.v3 as iio
+
+    if name == "astronaut":
+        import skimage
+
+        path = Path(skimage.__file__).parent / "data" / "astronaut.png"
+    elif name == "hopper":
+        import matplotlib
+
+        path = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    else:
+        raise KeyError(f"unknown photo {name!r} (known: {', '.join(PHOTOS)})")
+    img = iio.imread(path)
+    return np.ascontiguousarray(img[..., :3])
+
+
+def face_mesh_landmarks(img: np.ndarray) -> np.ndarray:
+    """468 face-mesh landmarks (x, y in pixels) of the single face in an RGB image."""
+    import mediapipe as mp
+
+    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False) as fm:
+        res = fm.process(img)
+    if not res.multi_face_landmarks:
+        raise RuntimeError("face mesh found no face in the source photo")
+    h, w = img.shape[:2]
+    return np.array([(p.x * w, p.y * h) for p in res.multi_face_landmarks[0].landmark[:468]], np.float64)
+
+
+def background_mask(img: np.ndarray) -> np.ndarray:
+    """Soft person mask in [0, 1] (mediapipe selfie segmentation, model inside the wheel)."""
+    import mediapipe as mp
+
+    with mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0) as seg:
+        res = seg.process(img)
+    return np.clip(res.segmentation_mask.astype(np.float32), 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class IdentitySpec:
+    name: str
+    photo: str
+    mirror: bool
+    face_frac: float  # face width / frame width
+    aspect: float  # horizontal stretch of the face (geometry)
+    tilt_deg: float
+    hue_shift: float  # degrees
+    saturation: float
+    gamma: float
+    tint: tuple[float, float, float]
+    background: tuple[int, int, int] | None  # replace the background with this colour (None: keep)
+    open_scale: float  # how wide this person opens the mouth
+
+
+def identity_specs(per_photo: int) -> list[IdentitySpec]:
+    """Identities: variant 0 of each photo is the photo itself; the others change geometry,
+    framing, skin tone, lighting and background. The last variant of each photo is the
+    held-out test identity and differs most."""
+    styles = [
+        dict(mirror=False, face_frac=0.46, aspect=1.0, tilt_deg=0.0, hue_shift=0.0, saturation=1.0,
+             gamma=1.0, tint=(1.0, 1.0, 1.0), background=None, open_scale=1.0),
+        dict(mirror=True, face_frac=0.52, aspect=1.07, tilt_deg=-3.0, hue_shift=4.0, saturation=1.0,
+             gamma=0.9, tint=(1.05, 1.0, 0.93), background=(64, 96, 140), open_scale=0.9),
+        dict(mirror=False, face_frac=0.42, aspect=0.93, tilt_deg=2.5, hue_shift=-5.0, saturation=0.85,
+             gamma=1.15, tint=(0.95, 1.0, 1.06), background=(150, 140, 120), open_scale=1.1),
+        dict(mirror=True, face_frac=0.48, aspect=1.12, tilt_deg=4.0, hue_shift=10.0, saturation=0.7,
+             gamma=1.3, tint=(0.9, 0.95, 1.1), background=(40, 40, 48), open_scale=1.2),
+    ]
+    out = []
+    for photo in PHOTOS:
+        for v in range(per_photo):
+            style = dict(styles[v % len(styles)])
+            if v >= len(styles):  # more identities than styles: perturb deterministically
+                k = v // len(styles)
+                style.update(face_frac=style["face_frac"] * (1 + 0.04 * k), hue_shift=style["hue_shift"] + 4 * k,
+                             gamma=style["gamma"] * (1 + 0.05 * k))
+            if v == per_photo - 1 and v >= 1:  # held-out identity: the most different style
+                style = dict(styles[3 if per_photo > 3 else 2])
+            out.append(IdentitySpec(name=f"{photo}-{v}", photo=photo, **style))
+    return out
+
+
+@dataclass
+class Identity:
+    spec: IdentitySpec
+    base: np.ndarray  # uint8 [S, S, 3], the neutral frame
+    landmarks: np.ndarray  # [468, 2] in base pixels
+
+
+def _recolour(img: np.ndarray, spec: IdentitySpec) -> np.ndarray:
+    import cv2
+
+    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV_FULL).astype(np.float32)
+    hsv[..., 0] = (hsv[..., 0] + spec.hue_shift * 256.0 / 360.0) % 256.0
+    hsv[..., 1] = np.clip(hsv[..., 1] * spec.saturation, 0, 255)
+    out = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB_FULL).astype(np.float32) / 255.0
+    out = np.clip(out ** spec.gamma * np.array(spec.tint, np.float32), 0, 1)
+    return out
+
+
+def build_identity(spec: IdentitySpec, size: int) -> Identity:
+    import cv2
+
+    photo = load_photo(spec.photo)
+    lm = _photo_landmarks(spec.photo)
+    if spec.mirror:
+        photo = np.ascontiguousarray(photo[:, ::-1])
+        lm = lm.copy()
+        lm[:, 0] = photo.shape[1] - 1 - lm[:, 0]
+    lo, hi = lm.min(0), lm.max(0)
+    centre = (lo + hi) / 2 + np.array([0.0, 0.04 * (hi[1] - lo[1])])
+    scale = spec.face_frac * size / (hi[0] - lo[0])
+    # affine: photo -> base frame (scale, horizontal stretch, tilt about the face centre)
+    th = np.deg2rad(spec.tilt_deg)
+    rot = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+    lin = rot @ np.diag([scale * spec.aspect, scale])
+    offset = np.array([size / 2, size / 2]) - lin @ centre
+    affine = np.hstack([lin, offset[:, None]])
+    base = cv2.warpAffine(photo, affine, (size, size), flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC,
+                          borderMode=cv2.BORDER_REFLECT101)
+    landmarks = lm @ lin.T + offset
+    colour = _recolour(base, spec)
+    if spec.background is not None:
+        mask = background_mask(base)[..., None]
+        bg = np.array(spec.background, np.float32) / 255.0
+        ys = np.linspace(0.85, 1.15, size, dtype=np.float32)[:, None, None]
+        colour = colour * mask + np.clip(bg * ys, 0, 1) * (1 - mask)
+    return Identity(spec, (np.clip(colour, 0, 1) * 255).round().astype(np.uint8), landmarks)
+
+
+@lru_cache(maxsize=8)
+def _photo_landmarks(photo: str) -> np.ndarray:
+    return face_mesh_landmarks(load_photo(photo))
+
+
+# ---------------------------------------------------------------- rendering
+def _mouth_geometry(lm: np.ndarray):
+    left, right = lm[61], lm[291]
+    width = float(np.linalg.norm(right - left))
+    centre = (lm[13] + lm[14]) / 2
+    return width, centre
+
+
+def _displacements(lm: np.ndarray, state: np.ndarray, open_scale: float):
+    """Forward displacement of control points for one mouth state (open, width, round).
+    Returns (upper_idx, upper_d, lower_idx, lower_d) for the two half-face fields."""
+    o, w, r = (float(v) for v in state)
+    mw, centre = _mouth_geometry(lm)
+    gap0 = float(lm[14, 1] - lm[13, 1])  # the photo's own lip gap (some photos smile)
+    jaw = o * 0.36 * mw * open_scale
+    spread = 0.10 * w - 0.16 * r  # relative horizontal change of the lips
+
+    def profile(idx):
+        dx = np.abs(lm[idx, 0] - centre[0]) / (mw / 2)
+        return np.clip(np.cos(np.clip(dx, 0, 1) * np.pi / 2), 0, 1) ** 0.7
+
+    up_idx = np.array(UPPER_OUTER + UPPER_INNER)
+    lo_idx = np.array(LOWER_OUTER + LOWER_INNER)
+    up_d = np.zeros((len(up_idx), 2))
+    lo_d = np.zeros((len(lo_idx), 2))
+    up_d[:, 0] = (lm[up_idx, 0] - centre[0]) * spread
+    lo_d[:, 0] = (lm[lo_idx, 0] - centre[0]) * spread
+    # the photo's own gap, pair by pair (upper/lower inner points are listed in matching order),
+    # is closed first so that open = 0 means closed lips even on a smiling photo
+    gaps = np.clip(lm[LOWER_INNER, 1] - lm[UPPER_INNER, 1], 0, None)
+    up_d[:, 1] = -(0.10 * jaw + 0.035 * mw * r) * profile(up_idx)
+    lo_d[:, 1] = (jaw + 0.035 * mw * r) * profile(lo_idx) - 1.4 * np.concatenate([gaps, gaps])
+
+    corner_idx = np.array(CORNERS)
+    corner_d = np.zeros((len(corner_idx), 2))
+    corner_d[:, 0] = (lm[corner_idx, 0] - centre[0]) * spread
+    corner_d[:, 1] = 0.3 * jaw - 0.5 * gap0
+
+    chin_idx = np.array([i for i, _ in CHIN])
+    chin_d = np.zeros((len(chin_idx), 2))
+    chin_d[:, 1] = (jaw - 0.5 * gap0) * np.array([wt for _, wt in CHIN])
+
+    anchor_idx = np.array(ANCHORS)
+    anchor_d = np.zeros((len(anchor_idx), 2))
+    upper = (np.concatenate([up_idx, corner_idx, anchor_idx]), np.concatenate([up_d, corner_d, anchor_d]))
+    lower = (np.concatenate([lo_idx, corner_idx, chin_idx, anchor_idx]),
+             np.concatenate([lo_d, corner_d, chin_d, anchor_d]))
+    return upper, lower
+
+
+def _backward_field(points: np.ndarray, disp: np.ndarray, grid: np.ndarray, sigma: float) -> np.ndarray:
+    """Smooth backward map (destination -> source offset) from control points moved by disp:
+    kernel regression at the destinations, with a zero-displacement background term."""
+    dest = points + disp
+    d2 = ((grid[:, None, :] - dest[None, :, :]) ** 2).sum(-1)
+    k = np.exp(-d2 / (2 * sigma ** 2))
+    num = k @ (-disp)
+    den = k.sum(1, keepdims=True) + 1e-3
+    return num / den
+
+
+def render_face(identity: Identity, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One frame of the identity with the given mouth state; returns (RGB float [S,S,3], landmarks)."""
+    import cv2
+
+    lm = identity.landmarks
+    base = identity.base
+    size = base.shape[0]
+    mw, centre = _mouth_geometry(lm)
+    (u_idx, u_d), (l_idx, l_d) = _displacements(lm, state, identity.spec.open_scale)
+
+    # the fields are smooth: evaluate them on a coarse grid over the lower face only
+    moving = lm[np.concatenate([u_idx, l_idx])][np.abs(np.concatenate([u_d, l_d])).sum(1) > 1e-6]
+    sigma = 0.22 * mw
+    pad = 3.0 * sigma
+    x0, y0 = (np.floor(moving.min(0) - pad).astype(int)).clip(0, size - 1)
+    x1, y1 = (np.ceil(moving.max(0) + pad).astype(int)).clip(1, size)
+    step = 4
+    cys, cxs = np.mgrid[y0:y1 + step:step, x0:x1 + step:step].astype(np.float64)
+    grid = np.stack([cxs.ravel(), cys.ravel()], 1)
+    fu = _backward_field(lm[u_idx], u_d, grid, sigma).reshape(cys.shape + (2,)).astype(np.float32)
+    fl = _backward_field(lm[l_idx], l_d, grid, sigma).reshape(cys.shape + (2,)).astype(np.float32)
+    h, w = y1 - y0, x1 - x0
+    up = lambda f: cv2.resize(f, (cxs.shape[1] * step, cys.shape[0] * step), interpolation=cv2.INTER_LINEAR)[:h, :w]
+    fu, fl = up(fu), up(fl)
+
+    moved = lm.copy()
+    moved[u_idx] += u_d
+    moved[l_idx] += l_d
+    seam_up = moved[SEAM_UPPER]
+    seam_lo = moved[SEAM_LOWER].copy()
+    seam_lo[:, 1] = np.maximum(seam_lo[:, 1], seam_up[:, 1])  # lips pressed together: no cavity
+    seam_mid = (seam_up + seam_lo) / 2
+    order = np.argsort(seam_mid[:, 0])
+    ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    mid_y = np.interp(xs, seam_mid[order, 0], seam_mid[order, 1])
+    x_lo, x_hi = seam_mid[:, 0].min(), seam_mid[:, 0].max()
+    outside = np.maximum(0, np.maximum(x_lo - xs, xs - x_hi))
+    tau = 0.6 + 0.6 * outside
+    s = (1.0 / (1.0 + np.exp(-(ys - mid_y) / tau)))[..., None]
+    field = np.zeros((size, size, 2), np.float32)
+    field[y0:y1, x0:x1] = (1 - s) * fu + s * fl
+    full_y, full_x = np.mgrid[0:size, 0:size].astype(np.float32)
+    frame = cv2.remap(base, full_x + field[..., 0], full_y + field[..., 1], cv2.INTER_LINEAR,
+                      borderMode=cv2.BORDER_REFLECT101).astype(np.float32) / 255.0
+
+    # the mouth cavity between the moved inner lips, with upper and lower teeth
+    poly = np.concatenate([seam_up, seam_lo[::-1]])
+    ss = 4  # supersampled mask: anti-aliased edges
+    mask = np.zeros((size * ss, size * ss), np.uint8)
+    cv2.fillPoly(mask, [np.round(poly * ss).astype(np.int32)], 255)
+    mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    if mask.max() > 0:
+        up_y = np.interp(full_x, seam_up[np.argsort(seam_up[:, 0]), 0], seam_up[np.argsort(seam_up[:, 0]), 1])
+        lo_y = np.interp(full_x, seam_lo[np.argsort(seam_lo[:, 0]), 0], seam_lo[np.argsort(seam_lo[:, 0]), 1])
+        depth = np.clip((full_y - up_y) / np.maximum(lo_y - up_y, 1.0), 0, 1)
+        cavity = np.stack([0.24 - 0.12 * depth, 0.08 - 0.04 * depth, 0.09 - 0.04 * depth], -1)
+        teeth_h = 0.1 * mw
+        teeth = np.clip((up_y + teeth_h - full_y) / 1.5, 0, 1) + 0.6 * np.clip((full_y - (lo_y - 0.05 * mw)) / 1.5, 0, 1)
+        teeth = np.clip(teeth, 0, 1)[..., None]
+        shade = (1.0 - 0.15 * depth)[..., None]
+        cavity = cavity * (1 - teeth) + np.array([0.93, 0.9, 0.84], np.float32) * shade * teeth
+        mask = cv2.GaussianBlur(mask, (3, 3), 0.6)
+        frame = frame * (1 - mask[..., None]) + cavity * mask[..., None]
+    return frame, moved
+
+
+def render_clip(identity: Identity, mouth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Frames uint8 [T, S, S, 3]: the mouth track, smooth head motion, lighting and sensor noise."""
+    import cv2
+
+    t = len(mouth)
+    size = identity.base.shape[0]
+
+    def walk(scale):  # smooth random walk with zero mean
+        steps = rng.normal(0, 1, t + 8).cumsum()
+        steps = np.convolve(steps, np.ones(5) / 5, mode="valid")[:t]
+        return (steps - steps.mean()) * scale
+
+    angle, tx, ty = walk(0.5), walk(0.9), walk(0.6)
+    zoom = 1.0 + walk(0.004)
+    light_dir = rng.uniform(-0.12, 0.12)
+    light_drift = walk(0.01)
+    brightness = rng.uniform(0.9, 1.08)
+    xs = np.linspace(-1, 1, size, dtype=np.float32)[None, :, None]
+    frames = np.empty((t, size, size, 3), np.uint8)
+    for i in range(t):
+        face, _ = render_face(identity, mouth[i])
+        m = cv2.getRotationMatrix2D((size / 2, size / 2), float(angle[i]), float(zoom[i]))
+        m[:, 2] += (tx[i], ty[i])
+        face = cv2.warpAffine(face, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+        gain = brightness * (1.0 + (light_dir + light_drift[i]) * xs)
+        noisy = face * gain + rng.normal(0, 1.2 / 255.0, face.shape).astype(np.float32)
+        frames[i] = (np.clip(noisy, 0, 1) * 255).round().astype(np.uint8)
+    return frames

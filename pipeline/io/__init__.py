@@ -1,0 +1,1 @@
+"""File I/O: video and audio through ffmpeg."""

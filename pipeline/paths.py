@@ -1,0 +1,34 @@
+"""Where each stage writes (DESIGN §3: one folder per stage). Paths are repo-relative."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def raw_dir(dataset: str) -> Path:
+    """acquire's output: the embedded corpus, or source.json recording an adopted copy."""
+    return Path("data/raw") / dataset
+
+
+def source_record(dataset: str) -> Path:
+    return raw_dir(dataset) / "source.json"
+
+
+def manifest(dataset: str) -> Path:
+    return Path("data/manifests") / f"{dataset}.parquet"
+
+
+def rejects(dataset: str) -> Path:
+    return Path("data/manifests") / f"{dataset}_rejects.parquet"
+
+
+def metrics(stage: str) -> Path:
+    return Path("metrics") / f"{stage}.json"
+
+
+def log(stage: str) -> Path:
+    return Path("logs") / f"{stage}.log"
+
+
+def work_dir(stage: str, fingerprint: str) -> Path:
+    """Resumable state outside declared outputs (DESIGN §3)."""
+    return Path("work") / stage / fingerprint

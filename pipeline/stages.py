@@ -1,0 +1,68 @@
+"""The stage registry: what each stage reads from params.yaml and which source files it runs.
+
+One place for both orchestrators' change detection: the Snakefile builds each rule's `params:`
+and code `input:` from here, `dvc.yaml` lists the same (tests/test_orchestration.py proves
+they agree), and the CLI gives a stage only the params it declares here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+COMMON_CODE = (
+    "pipeline/cli.py",
+    "pipeline/config.py",
+    "pipeline/stages.py",
+    "pipeline/paths.py",
+    "pipeline/tracking.py",
+    "pipeline/runtime.py",
+    "pipeline/errors.py",
+)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    params: tuple[str, ...]  # dotted keys of params.yaml the stage reads
+    code: tuple[str, ...]  # source files (repo-relative) whose change re-runs the stage
+    summary: str
+
+    @property
+    def all_code(self) -> tuple[str, ...]:
+        return COMMON_CODE + self.code
+
+
+STAGES: dict[str, StageSpec] = {
+    spec.name: spec
+    for spec in (
+        StageSpec(
+            name="acquire",
+            params=("data",),
+            code=(
+                "pipeline/data/acquire.py",
+                "pipeline/data/layouts.py",
+                "pipeline/data/embedded.py",
+                "pipeline/data/speech.py",
+                "pipeline/data/face_anim.py",
+                "pipeline/io/ffmpeg.py",
+            ),
+            summary="build the embedded corpus or adopt a local LRW/LRS2 copy",
+        ),
+        StageSpec(
+            name="index",
+            params=("data.dataset", "index"),
+            code=(
+                "pipeline/data/manifest.py",
+                "pipeline/data/layouts.py",
+                "pipeline/io/ffmpeg.py",
+            ),
+            summary="probe every clip and write the manifest and the rejects table",
+        ),
+    )
+}
+
+
+def smk_params(config: dict, stage: str) -> dict:
+    """Snakemake `params:` for a stage: one entry per declared key ('.' written as '__')."""
+    from .config import get
+
+    return {key.replace(".", "__"): get(config, key) for key in STAGES[stage].params}

@@ -1,0 +1,78 @@
+"""MLflow conventions in one place (DESIGN §7).
+
+One experiment per dataset, one run per stage execution named `<stage>-<fingerprint[:7]>`,
+tagged with git commit and dirty flag, input fingerprint, dataset, device and variant. The
+store is the main repository's (`sqlite:///<main repo>/mlflow.db`, artifacts in
+`<main repo>/mlruns`), resolved from git's common dir so that `dvc exp run --queue`
+workspaces log to the same place. MLFLOW_TRACKING_URI overrides. Only the process that calls
+`stage_run` writes (single process, DDP rank 0, or the gather stage).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+
+from .config import flatten
+
+
+def _git(*args: str, cwd: str | Path = ".") -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def main_repo_root(cwd: str | Path = ".") -> Path:
+    """The main work tree of the git repository (also from a linked worktree), else cwd."""
+    common = _git("rev-parse", "--path-format=absolute", "--git-common-dir", cwd=cwd)
+    if common:
+        p = Path(common)
+        return p.parent if p.name == ".git" else p
+    return Path(cwd).resolve()
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{main_repo_root() / 'mlflow.db'}"
+
+
+def git_state() -> dict[str, str]:
+    commit = _git("rev-parse", "HEAD") or "none"
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit, "git_dirty": str(bool(dirty)).lower() if dirty is not None else "unknown"}
+
+
+def _experiment(mlflow, dataset: str) -> str:
+    name = f"synctalkface-{dataset}"
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    artifacts = (main_repo_root() / "mlruns").as_uri()
+    try:
+        return mlflow.create_experiment(name, artifact_location=artifacts)
+    except Exception:  # another process created it meanwhile
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+@contextmanager
+def stage_run(stage: str, dataset: str, params_view: dict, fingerprint: str, tags: dict | None = None):
+    """An MLflow run for one stage execution; yields the mlflow module for logging."""
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    import logging
+
+    import mlflow
+
+    for noisy in ("alembic", "mlflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    mlflow.set_tracking_uri(tracking_uri())
+    exp_id = _experiment(mlflow, dataset)
+    all_tags = {"stage": stage, "dataset": dataset, "input_fingerprint": fingerprint, **git_state(), **(tags or {})}
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"{stage}-{fingerprint[:7]}", tags=all_tags):
+        flat = {k: ("null" if v is None else v) for k, v in flatten(params_view).items()}
+        mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
+        yield mlflow

@@ -1,0 +1,103 @@
+"""params.yaml validation, the stage views and presets."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from conftest import REPO, default_params, run_cli
+from pipeline import config
+from pipeline.errors import ConfigError
+from pipeline.stages import STAGES
+
+
+def write(tmp_path, params):
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(params, sort_keys=False))
+    return p
+
+
+def test_default_params_are_valid():
+    config.load(REPO / "params.yaml")
+
+
+@pytest.mark.parametrize(
+    "mutate, key, words",
+    [
+        (lambda p: p["index"].update(workerz=1), "index.workerz", "unknown key"),
+        (lambda p: p.update(extra={}), "extra", "unknown key"),
+        (lambda p: p["index"].update(min_frames="nine"), "index.min_frames", "not of type"),
+        (lambda p: p["data"]["embedded"].update(train_clips=0), "data.embedded.train_clips", "minimum"),
+        (lambda p: p["data"].update(dataset="voxceleb"), "data.dataset", "is not one of"),
+        (lambda p: p["data"]["embedded"].pop("seed"), "data.embedded", "seed"),
+    ],
+)
+def test_invalid_params_name_the_key(tmp_path, mutate, key, words):
+    params = default_params()
+    mutate(params)
+    path = write(tmp_path, params)
+    with pytest.raises(ConfigError) as err:
+        config.load(path)
+    assert key in str(err.value) and words in str(err.value)
+
+
+def test_cli_exits_2_and_writes_nothing_on_bad_params(tmp_path):
+    params = default_params()
+    params["index"]["min_frames"] = -3
+    write(tmp_path, params)
+    for stage in STAGES:
+        proc = run_cli([stage], cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert "index.min_frames" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_dataset_without_root_is_refused(tmp_path):
+    params = default_params()
+    params["data"]["dataset"] = "lrw"
+    with pytest.raises(ConfigError, match="data.lrw.root"):
+        config.validate(params)
+
+
+def test_missing_or_broken_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        config.load(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config.load(tmp_path / "bad.yaml")
+
+
+def test_stage_view_holds_only_declared_keys():
+    view = config.stage_view(default_params(), STAGES["index"].params)
+    assert set(view) == {"data", "index"}
+    assert set(view["data"]) == {"dataset"}
+    with pytest.raises(KeyError):
+        view["data"]["embedded"]
+
+
+def test_preset_merges_validates_and_keeps_comments(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text())
+    before = path.read_text()
+    # lrw needs a root: the merged file is invalid, so nothing is written
+    with pytest.raises(ConfigError, match="data.lrw.root"):
+        config.apply_preset("lrw", path)
+    assert path.read_text() == before
+    params = yaml.safe_load(before)
+    params["data"]["lrs2"]["root"] = "/datasets/lrs2"
+    text = before.replace("root: null               # folder that holds mvlrs_v1/",
+                          "root: /datasets/lrs2     # folder that holds mvlrs_v1/")
+    path.write_text(text)
+    merged = config.apply_preset("lrs2", path)
+    assert merged["data"]["dataset"] == "lrs2"
+    after = path.read_text()
+    assert "# The one parameter file" in after  # comments survive
+    assert yaml.safe_load(after) == merged
+    proc = run_cli(["validate"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_unknown_preset(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text())
+    proc = run_cli(["preset", "voxceleb"], cwd=tmp_path)
+    assert proc.returncode == 2 and "unknown preset 'voxceleb'" in proc.stderr

@@ -1,0 +1,40 @@
+# Shared by every rule: the one-truth check of params.yaml, its validation, and the helpers
+# that take each rule's params and code inputs from the stage registry (pipeline/stages.py).
+import yaml
+
+from pipeline import paths
+from pipeline.stages import STAGES, smk_params
+from snakemake.exceptions import WorkflowError
+
+PARAMS_FILE = "params.yaml"
+
+with open(PARAMS_FILE, encoding="utf-8") as _fh:
+    _on_disk = yaml.safe_load(_fh)
+if config != _on_disk:
+    _diff = sorted(
+        k for k in set(_on_disk) | set(config) if _on_disk.get(k) != config.get(k)
+    )
+    raise WorkflowError(
+        f"Snakemake's config differs from {PARAMS_FILE} in section(s) {', '.join(_diff)}: a "
+        "--config/--configfile override would reach Snakemake but not the stage commands, "
+        "which read params.yaml. Apply the change to params.yaml instead (edit it, run "
+        "`python -m pipeline preset NAME`, or use `dvc exp run -S key=value`)."
+    )
+
+validate(config, "../schemas/params.schema.yaml", set_default=False)
+
+DATASET = config["data"]["dataset"]
+
+
+def stage_code(stage):
+    """The stage's source files: editing one re-runs the stage."""
+    return list(STAGES[stage].all_code)
+
+
+def stage_params(stage):
+    """The params.yaml keys the stage reads: changing one re-runs the stage."""
+    return smk_params(config, stage)
+
+
+def stage_cmd(stage, extra=""):
+    return f"python -m pipeline {stage} --params {PARAMS_FILE} --log {{log}}{extra}"
