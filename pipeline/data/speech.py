@@ -7,6 +7,8 @@ embedded corpus's mouth motion (`face_anim.viseme_track`) in exact sync with the
 from __future__ import annotations
 
 import ctypes
+import os
+import pickle
 import threading
 from dataclasses import dataclass, field
 
@@ -119,14 +121,49 @@ def _get_engine() -> _Engine:
     return _engine
 
 
+def _synth_raw(text, voice, rate, pitch, pitch_range):
+    engine = _get_engine()
+    raw, events = engine.synth(text, voice, rate, pitch, pitch_range)
+    return raw, events, engine.rate
+
+
+def _in_fresh_process(fn, *args):
+    """Run fn in a forked child that has never synthesised anything.
+
+    libespeak-ng keeps state between utterances (the second utterance of a process differs
+    from run to run, even after espeak_Terminate), while the first utterance of a process is
+    reproducible: so each utterance gets a process of its own, which makes the corpus seeded.
+    (The breathy variants f2, f3 and f5 add noise that no seed controls: the corpus avoids them.)
+    """
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(r)
+        try:
+            payload = ("ok", fn(*args))
+        except BaseException as exc:  # sent to the parent, which re-raises it
+            payload = ("err", exc)
+        with os.fdopen(w, "wb") as fh:
+            pickle.dump(payload, fh)
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as fh:
+        data = fh.read()
+    _, status = os.waitpid(pid, 0)
+    if not data:
+        raise RuntimeError(f"speech synthesis process died (status {status})")
+    kind, value = pickle.loads(data)
+    if kind == "err":
+        raise value
+    return value
+
+
 def synthesize(text: str, voice: str = "en-us", rate: int = 165, pitch: int = 50, pitch_range: int = 50,
                sample_rate: int = 16000) -> Speech:
     """Speak `text`; return audio at `sample_rate` with phone and word segments in seconds."""
     from scipy.signal import resample_poly
 
-    engine = _get_engine()
-    raw, events = engine.synth(text, voice, rate, pitch, pitch_range)
-    native = engine.rate
+    raw, events, native = _in_fresh_process(_synth_raw, text, voice, rate, pitch, pitch_range)
     g = np.gcd(sample_rate, native)
     audio = resample_poly(raw.astype(np.float32) / 32768.0, sample_rate // g, native // g).astype(np.float32)
     total = len(raw) / native

@@ -7,6 +7,7 @@ from pipeline.stages import STAGES, smk_params
 from snakemake.exceptions import WorkflowError
 
 PARAMS_FILE = "params.yaml"
+CONDA_ENV = "../../environment.yml"  # for --use-conda; relative to workflow/rules/
 
 with open(PARAMS_FILE, encoding="utf-8") as _fh:
     _on_disk = yaml.safe_load(_fh)

@@ -13,6 +13,8 @@ rule acquire:
     benchmark:
         "logs/benchmarks/acquire.tsv"
     threads: workflow.cores
+    conda:
+        CONDA_ENV
     shell:
         stage_cmd("acquire")
 
@@ -32,5 +34,7 @@ rule index:
     benchmark:
         "logs/benchmarks/index.tsv"
     threads: workflow.cores
+    conda:
+        CONDA_ENV
     shell:
         stage_cmd("index")

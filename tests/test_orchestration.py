@@ -1,0 +1,221 @@
+"""DESIGN §3: Snakemake and DVC run the same graph from params.yaml, and both cache.
+
+The one-truth test reads the Snakemake DAG (through its API) and dvc.yaml's resolved stages and
+compares, stage by stage, the command, the data and code inputs, the params and the outputs.
+The caching tests run both tools for real in temporary copies of the repository.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import copy_repo, git_env, tiny_params, venv_bin
+
+
+def tool_env(root: Path) -> dict:
+    env = git_env()
+    env["PATH"] = f"{venv_bin()}{os.pathsep}{env['PATH']}"
+    env["PYTHONPATH"] = str(root)
+    return env
+
+
+def run(cmd: list[str], root: Path, check: bool = True) -> subprocess.CompletedProcess:
+    exe = [str(venv_bin() / cmd[0]), *cmd[1:]]
+    proc = subprocess.run(exe, cwd=root, env=tool_env(root), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def set_params(root: Path, params: dict) -> None:
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def snakemake_jobs(root: Path) -> dict[str, dict]:
+    """Every job of the Snakemake DAG (forceall): command, inputs, params, outputs."""
+    script = r"""
+import json, sys
+from pathlib import Path
+from snakemake.api import SnakemakeApi, OutputSettings, ResourceSettings, DAGSettings
+with SnakemakeApi(OutputSettings()) as api:
+    wf = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=Path("Snakefile"), workdir=Path("."))
+    dag_api = wf.dag(DAGSettings(forceall=True))
+    w = dag_api.workflow_api._workflow
+    w._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True, nolock=True)
+    w._build_dag()
+    out = {}
+    for job in w.dag.jobs:
+        if job.rule.name == "all":
+            continue
+        out[job.rule.name] = {"cmd": job.shellcmd, "inputs": sorted(map(str, job.input)),
+                              "params": sorted(k.replace("__", ".") for k in job.params.keys()),
+                              "outputs": sorted(map(str, job.output)), "log": list(map(str, job.log))}
+    print("JOBS=" + json.dumps(out))
+"""
+    proc = run(["python", "-c", script], root)
+    line = [l for l in proc.stdout.splitlines() if l.startswith("JOBS=")][-1]
+    import json
+
+    return json.loads(line[5:])
+
+
+def dvc_stages(root: Path) -> dict[str, dict]:
+    script = r"""
+import json
+from dvc.repo import Repo
+from dvc.dependency.param import ParamsDependency
+out = {}
+for st in Repo(".").index.stages:
+    params = [p for d in st.deps if isinstance(d, ParamsDependency) for p in d.params]
+    out[st.name] = {"cmd": st.cmd, "inputs": sorted(d.def_path for d in st.deps if not isinstance(d, ParamsDependency)),
+                    "params": sorted(params), "outputs": sorted(o.def_path for o in st.outs),
+                    "params_files": sorted({d.def_path for d in st.deps if isinstance(d, ParamsDependency)})}
+print("STAGES=" + json.dumps(out))
+"""
+    proc = run(["python", "-c", script], root)
+    import json
+
+    return json.loads([l for l in proc.stdout.splitlines() if l.startswith("STAGES=")][-1][7:])
+
+
+@pytest.fixture
+def repo_copy(tmp_path):
+    return copy_repo(tmp_path / "repo")
+
+
+@pytest.mark.parametrize("dataset", ["embedded", "lrw"])
+def test_snakemake_and_dvc_run_the_same_graph(repo_copy, dataset):
+    if dataset != "embedded":
+        params = tiny_params()
+        params["data"]["dataset"] = dataset
+        params["data"][dataset]["root"] = "/datasets/somewhere"
+        set_params(repo_copy, params)
+    smk, dvc = snakemake_jobs(repo_copy), dvc_stages(repo_copy)
+    assert set(smk) == set(dvc), "stages differ"
+    for name in smk:
+        s, d = smk[name], dvc[name]
+        assert s["cmd"] == d["cmd"], name
+        assert s["inputs"] == d["inputs"], name
+        assert s["params"] == d["params"], name
+        assert d["params_files"] == ["params.yaml"], name
+        assert s["outputs"] == d["outputs"], name
+        assert s["log"] == [f"logs/{name}.log"] and f"--log {s['log'][0]}" in s["cmd"], name
+    # the registry that drives both: every stage's code is in its inputs
+    from pipeline.stages import STAGES
+
+    for name, spec in STAGES.items():
+        assert set(spec.all_code) <= set(smk[name]["inputs"]), name
+    if dataset == "lrw":
+        assert smk["index"]["outputs"][0].startswith("data/manifests/lrw")
+
+
+def test_every_rule_has_log_benchmark_threads():
+    text = "\n".join(p.read_text() for p in Path("workflow/rules").glob("*.smk")) if Path("workflow/rules").exists() else \
+        "\n".join(p.read_text() for p in (Path(__file__).parents[1] / "workflow/rules").glob("*.smk"))
+    rules = re.split(r"^rule ", text, flags=re.M)[1:]
+    assert rules
+    for body in rules:
+        name = body.split(":")[0]
+        for key in ("log:", "benchmark:", "threads:", "params:", "input:", "output:"):
+            assert key in body, f"rule {name} has no {key}"
+
+
+def jobs_planned(root: Path) -> set[str]:
+    """Rules a Snakemake dry run would execute (excluding the 'all' target)."""
+    proc = run(["snakemake", "--cores", "2", "--dry-run"], root)
+    text = proc.stdout + proc.stderr
+    if "Nothing to be done" in text:
+        return set()
+    table = text.split("Job stats:")[1].split("total")[0]
+    names = {line.split()[0] for line in table.splitlines()[3:] if line.strip()}
+    return names - {"all"}
+
+
+@pytest.mark.slow
+def test_snakemake_caches_and_reruns_only_what_changed(repo_copy):
+    set_params(repo_copy, tiny_params())
+    run(["snakemake", "--cores", "2"], repo_copy)
+    manifest = repo_copy / "data/manifests/embedded.parquet"
+    assert len(pd.read_parquet(manifest)) == 7
+    second = run(["snakemake", "--cores", "2"], repo_copy)
+    assert "Nothing to be done" in second.stdout + second.stderr
+    record_mtime = (repo_copy / "data/raw/embedded/source.json").stat().st_mtime_ns
+
+    # a param of index: index re-runs, acquire does not
+    params = tiny_params()
+    params["index"]["min_frames"] = 10
+    set_params(repo_copy, params)
+    assert jobs_planned(repo_copy) == {"index"}
+    run(["snakemake", "--cores", "2"], repo_copy)
+    assert (repo_copy / "data/raw/embedded/source.json").stat().st_mtime_ns == record_mtime
+    assert jobs_planned(repo_copy) == set()
+
+    # a stage's own source file
+    code = repo_copy / "pipeline/data/manifest.py"
+    code.write_text(code.read_text() + "\n# edited\n")
+    assert jobs_planned(repo_copy) == {"index"}
+    run(["snakemake", "--cores", "2"], repo_copy)
+
+    # a param of acquire: everything downstream too
+    params["data"]["embedded"]["seed"] = 1
+    set_params(repo_copy, params)
+    assert jobs_planned(repo_copy) == {"acquire", "index"}
+
+    # an override that would bypass params.yaml is refused, with the way to apply it
+    proc = run(["snakemake", "--cores", "1", "--dry-run", "--config", "index={'min_frames': 12}"], repo_copy, check=False)
+    assert proc.returncode != 0
+    assert "differs from params.yaml" in proc.stdout + proc.stderr and "preset" in proc.stdout + proc.stderr
+    other = repo_copy / "other.yaml"
+    other.write_text(yaml.safe_dump({"index": {"min_frames": 12}}))
+    proc = run(["snakemake", "--cores", "1", "--dry-run", "--configfile", str(other)], repo_copy, check=False)
+    assert proc.returncode != 0 and "differs from params.yaml" in proc.stdout + proc.stderr
+
+
+def dvc_changed(root: Path) -> set[str]:
+    proc = run(["dvc", "status", "--json"], root)
+    import json
+
+    return set(json.loads(proc.stdout or "{}"))
+
+
+@pytest.mark.slow
+def test_dvc_caches_and_reruns_only_what_changed(repo_copy, tmp_path):
+    set_params(repo_copy, tiny_params())
+    subprocess.run(["git", "commit", "-qam", "tiny"], cwd=repo_copy, env=git_env(), check=True)
+    run(["dvc", "repro"], repo_copy)
+    assert (repo_copy / "dvc.lock").is_file()
+    second = run(["dvc", "repro"], repo_copy)
+    assert "Data and pipelines are up to date" in second.stdout
+    assert dvc_changed(repo_copy) == set()
+
+    params = tiny_params()
+    params["index"]["min_frames"] = 10
+    set_params(repo_copy, params)
+    assert dvc_changed(repo_copy) == {"index"}
+    out = run(["dvc", "repro"], repo_copy).stdout
+    assert "Running stage 'index'" in out and "Running stage 'acquire'" not in out
+
+    code = repo_copy / "pipeline/data/manifest.py"
+    code.write_text(code.read_text() + "\n# edited\n")
+    assert dvc_changed(repo_copy) == {"index"}
+
+    params["data"]["embedded"]["seed"] = 1
+    set_params(repo_copy, params)
+    assert dvc_changed(repo_copy) == {"acquire", "index"}
+
+    # the same params through Snakemake give the same data: the two tools agree on outputs too
+    other = copy_repo(tmp_path / "smk")
+    params["data"]["embedded"]["seed"] = 0
+    set_params(repo_copy, params)
+    set_params(other, params)
+    run(["dvc", "repro"], repo_copy)
+    run(["snakemake", "--cores", "2"], other)
+    a = pd.read_parquet(repo_copy / "data/manifests/embedded.parquet")
+    b = pd.read_parquet(other / "data/manifests/embedded.parquet")
+    pd.testing.assert_frame_equal(a, b)
