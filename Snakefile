@@ -18,5 +18,5 @@ include: "workflow/rules/data.smk"
 
 rule all:
     input:
-        rules.index.output,
+        rules.gather.output,
     default_target: True

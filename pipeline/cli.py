@@ -13,12 +13,34 @@ from .stages import STAGES
 log = logging.getLogger("pipeline")
 
 
-def _stage_inputs(stage: str, view: dict) -> list:
+RUNNERS = {
+    "acquire": "pipeline.data.acquire",
+    "index": "pipeline.data.manifest",
+    "preprocess": "pipeline.preprocess.run",
+    "gather": "pipeline.preprocess.gather",
+}
+
+
+def _stage_inputs(stage: str, view: dict, args) -> list:
+    """The data inputs that, with the params view, fingerprint a stage execution."""
     ds = view.get("data", {}).get("dataset")
-    return {"acquire": [], "index": [paths.raw_dir(ds)]}.get(stage, [])
+    if stage == "index":
+        return [paths.source_record(ds)]
+    if stage == "preprocess":
+        return [paths.manifest(ds)]
+    if stage == "gather":
+        return [paths.processed_shard(ds, k) / "meta.json" for k in view["preprocess"]["shards"]]
+    return []
+
+
+def _summary_items(summary: dict) -> list[tuple[str, object]]:
+    return [(k, v) for k, v in config.flatten(summary).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith(("params.", "build_"))]
 
 
 def _run_stage(name: str, args) -> int:
+    import importlib
+
     from . import runtime, tracking
 
     params = config.load(args.params)  # exit 2 before any work when invalid
@@ -26,21 +48,18 @@ def _run_stage(name: str, args) -> int:
     view = config.stage_view(params, spec.params)
     runtime.setup_logging(args.log)
     started = time.time()
-    if name == "acquire":
-        from .data import acquire as module
-    else:
-        from .data import manifest as module
-    summary = module.run(view)
+    module = importlib.import_module(RUNNERS[name])
+    extra = {"shard": args.shard} if name == "preprocess" else {}
+    summary = module.run(view, **extra)
     seconds = time.time() - started
     ds = params["data"]["dataset"]
-    fp = runtime.fingerprint(view, _stage_inputs(name, view))
-    with tracking.stage_run(name, ds, view, fp, tags={"device": "cpu"}) as mlflow:
-        numeric = {k: float(v) for k, v in config.flatten(summary).items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        mlflow.log_metrics({**{k[:250]: v for k, v in numeric.items()}, "wall_seconds": seconds})
-    counts = ", ".join(f"{k}={v}" for k, v in config.flatten(summary).items()
-                       if isinstance(v, int) and not isinstance(v, bool) and k.split(".")[0] in ("clips", "rejected", "words"))
-    line = f"{name}: {ds}: {counts} in {seconds:.1f} s"
+    fp = runtime.fingerprint(view, _stage_inputs(name, view, args))
+    tags = {"device": "cpu", **({"shard": str(args.shard)} if name == "preprocess" else {})}
+    run_name = f"{name}-{args.shard}" if name == "preprocess" else name
+    items = _summary_items(summary)
+    with tracking.stage_run(name, ds, view, fp, tags=tags, label=run_name) as mlflow:
+        mlflow.log_metrics({**{k[:250]: float(v) for k, v in items}, "wall_seconds": seconds})
+    line = f"{run_name}: {ds}: " + ", ".join(f"{k}={v}" for k, v in items) + f" in {seconds:.1f} s"
     log.info(line)
     print(line)
     return 0
@@ -73,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(spec.name, help=spec.summary)
         p.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
         p.add_argument("--log", default=None, help="also write the log to this file")
+        if spec.name == "preprocess":
+            p.add_argument("--shard", type=int, required=True, help="the shard to process (one of preprocess.shards)")
         p.set_defaults(func=lambda a, n=spec.name: _run_stage(n, a))
     p = sub.add_parser("preset", help="merge workflow/presets/NAME.yaml into params.yaml and validate")
     p.add_argument("name", help=f"one of: {', '.join(config.preset_names())}")

@@ -73,6 +73,10 @@ def validate(params: Any, source: str = "params.yaml") -> dict:
 
 def _check_semantics(params: dict, source: str) -> None:
     """Rules a JSON schema states badly: they get messages that say what to do."""
+    shards = params["preprocess"]["shards"]
+    if shards != list(range(len(shards))):
+        raise ConfigError(f"{source}: preprocess.shards must be [0, 1, ..., n-1] (got {shards}); "
+                          f"for {len(shards)} shards write {list(range(len(shards)))}")
     ds = params["data"]["dataset"]
     if ds in ("lrw", "lrs2"):
         section = params["data"][ds]

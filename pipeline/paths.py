@@ -32,3 +32,28 @@ def log(stage: str) -> Path:
 def work_dir(stage: str, fingerprint: str) -> Path:
     """Resumable state outside declared outputs (DESIGN §3)."""
     return Path("work") / stage / fingerprint
+
+
+def processed_dir(dataset: str) -> Path:
+    return Path("data/processed") / dataset
+
+
+def processed_shards(dataset: str) -> Path:
+    """The folder of all shards (DVC's gather depends on it as a whole)."""
+    return processed_dir(dataset) / "shards"
+
+
+def processed_shard(dataset: str, shard: int | str) -> Path:
+    return processed_shards(dataset) / f"shard-{shard}"
+
+
+def processed_index(dataset: str) -> Path:
+    return processed_dir(dataset) / "index.parquet"
+
+
+def processed_failures(dataset: str) -> Path:
+    return processed_dir(dataset) / "failures.parquet"
+
+
+def shard_log(shard: int | str) -> Path:
+    return Path("logs") / f"preprocess-{shard}.log"

@@ -8,15 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-COMMON_CODE = (
-    "pipeline/cli.py",
-    "pipeline/config.py",
-    "pipeline/stages.py",
-    "pipeline/paths.py",
-    "pipeline/tracking.py",
-    "pipeline/runtime.py",
-    "pipeline/errors.py",
-)
+# Infrastructure (cli, config, stages, paths, tracking, runtime, errors) is deliberately not a
+# code input: it does not change what a stage computes, and editing a help text must not re-run
+# hours of training. A stage's code inputs are the modules that compute its outputs.
+COMMON_CODE: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -56,6 +51,28 @@ STAGES: dict[str, StageSpec] = {
                 "pipeline/io/ffmpeg.py",
             ),
             summary="probe every clip and write the manifest and the rejects table",
+        ),
+        StageSpec(
+            name="preprocess",
+            params=("data.dataset", "preprocess"),
+            code=(
+                "pipeline/preprocess/run.py",
+                "pipeline/preprocess/faces.py",
+                "pipeline/preprocess/crops.py",
+                "pipeline/io/audio.py",
+                "pipeline/io/store.py",
+                "pipeline/io/ffmpeg.py",
+            ),
+            summary="faces, aligned crops, mel and alignment for one shard of clips (--shard K)",
+        ),
+        StageSpec(
+            name="gather",
+            params=("data.dataset", "preprocess"),
+            code=(
+                "pipeline/preprocess/gather.py",
+                "pipeline/io/store.py",
+            ),
+            summary="index all shards and collect every rejected clip with its reason",
         ),
     )
 }

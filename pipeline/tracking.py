@@ -60,7 +60,8 @@ def _experiment(mlflow, dataset: str) -> str:
 
 
 @contextmanager
-def stage_run(stage: str, dataset: str, params_view: dict, fingerprint: str, tags: dict | None = None):
+def stage_run(stage: str, dataset: str, params_view: dict, fingerprint: str, tags: dict | None = None,
+              label: str | None = None):
     """An MLflow run for one stage execution; yields the mlflow module for logging."""
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     import logging
@@ -72,7 +73,7 @@ def stage_run(stage: str, dataset: str, params_view: dict, fingerprint: str, tag
     mlflow.set_tracking_uri(tracking_uri())
     exp_id = _experiment(mlflow, dataset)
     all_tags = {"stage": stage, "dataset": dataset, "input_fingerprint": fingerprint, **git_state(), **(tags or {})}
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"{stage}-{fingerprint[:7]}", tags=all_tags):
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"{label or stage}-{fingerprint[:7]}", tags=all_tags):
         flat = {k: ("null" if v is None else v) for k, v in flatten(params_view).items()}
         mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
         yield mlflow

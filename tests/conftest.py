@@ -77,13 +77,6 @@ def tiny_params(**embedded) -> dict:
     return p
 
 
-@pytest.fixture
-def project(tmp_path):
-    """A working folder with the repo's params.yaml and workflow/ (for stages run by the CLI)."""
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
-    return tmp_path
-
-
 def run_cli(args: list[str], cwd: Path, env: dict | None = None, check: bool = False) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
@@ -116,3 +109,67 @@ def copy_repo(dest: Path) -> Path:
 def git_env() -> dict:
     return {**os.environ, "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
             "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.invalid"}
+
+
+@pytest.fixture(scope="session")
+def embedded_corpus(tmp_path_factory):
+    """A tiny embedded corpus built once per test session: (params section, folder, summary)."""
+    from pipeline.data import embedded
+
+    cfg = tiny_params()["data"]["embedded"]
+    out = tmp_path_factory.mktemp("emb") / "embedded"
+    summary = embedded.build(cfg, out, workers=2)
+    return cfg, out, summary
+
+
+def lrw_from_corpus(corpus_dir, root, bad=True):
+    """An LRW copy made of embedded clips, plus the troublesome clips preprocessing must survive."""
+    src = corpus_dir / "lipread_mp4"
+    shutil.copytree(src, root / "lipread_mp4")
+    good = sorted((root / "lipread_mp4").glob("*/train/*.mp4"))
+    if not bad:
+        return root
+    train = good[0].parent
+    word = train.parent.name
+    base = good[0]
+    frames = ffmpeg.read_frames(base)
+    wav = ffmpeg.read_audio(base)
+
+    def add(name, make):
+        target = train / f"{word}_{name}.mp4"
+        make(target)
+        target.with_suffix(".txt").write_text(f"Text:  {word}\n")
+
+    add("00901", lambda t: t.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(3000)))  # corrupt
+    add("00902", lambda t: t.write_bytes(base.read_bytes()[: len(base.read_bytes()) // 2]))  # truncated
+    add("00903", lambda t: ffmpeg.write_mp4(t, frames, 25))  # no audio
+    add("00904", lambda t: ffmpeg.run_ffmpeg(["-i", str(base), "-vf", "fps=30", "-c:v", "libx264", "-c:a", "copy", str(t)]))
+    add("00905", lambda t: ffmpeg.run_ffmpeg(["-i", str(base), "-c:v", "copy", "-c:a", "aac", "-ar", "48000", "-ac", "2", str(t)]))
+    gap = frames.copy()
+    gap[8:20] = 0  # 12 faceless frames: longer than max_gap
+    add("00906", lambda t: ffmpeg.write_mp4(t, gap, 25, wav, 16000))
+    blink = frames.copy()
+    blink[10:12] = 0  # 2 faceless frames: filled from neighbours
+    add("00907", lambda t: ffmpeg.write_mp4(t, blink, 25, wav, 16000))
+    other = ffmpeg.read_frames(good[-1])
+    two = np.concatenate([frames, other[: len(frames)]], axis=2)  # two faces side by side
+    add("00908", lambda t: ffmpeg.write_mp4(t, two, 25, wav, 16000))
+    return root
+
+
+@pytest.fixture(scope="session")
+def processed(embedded_corpus, tmp_path_factory):
+    _, corpus_dir, _ = embedded_corpus
+    work = tmp_path_factory.mktemp("pre")
+    root = lrw_from_corpus(corpus_dir, work / "LRW")
+    params = default_params()
+    params["data"]["dataset"] = "lrw"
+    params["data"]["lrw"]["root"] = str(root)
+    params["index"]["decode_check"] = False  # let the truncated clip reach preprocessing
+    params["preprocess"]["max_reject_fraction"] = 0.6
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for args in (["acquire"], ["index"], ["preprocess", "--shard", "0"], ["preprocess", "--shard", "1"], ["gather"]):
+        run_cli(args, cwd=work, check=True)
+    return work, params
+
+

@@ -45,7 +45,7 @@ def test_cli_exits_2_and_writes_nothing_on_bad_params(tmp_path):
     params["index"]["min_frames"] = -3
     write(tmp_path, params)
     for stage in STAGES:
-        proc = run_cli([stage], cwd=tmp_path)
+        proc = run_cli([stage] + (["--shard", "0"] if stage == "preprocess" else []), cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
         assert "index.min_frames" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

@@ -13,11 +13,8 @@ from pipeline.io import ffmpeg
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    cfg = tiny_params()["data"]["embedded"]
-    out = tmp_path_factory.mktemp("emb") / "embedded"
-    summary = embedded.build(cfg, out, workers=2)
-    return cfg, out, summary
+def corpus(embedded_corpus):
+    return embedded_corpus
 
 
 def clips_of(out):

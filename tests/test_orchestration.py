@@ -53,7 +53,8 @@ with SnakemakeApi(OutputSettings()) as api:
     for job in w.dag.jobs:
         if job.rule.name == "all":
             continue
-        out[job.rule.name] = {"cmd": job.shellcmd, "inputs": sorted(map(str, job.input)),
+        name = job.rule.name + ("@" + "-".join(job.wildcards) if len(job.wildcards) else "")
+        out[name] = {"cmd": job.shellcmd, "inputs": sorted(map(str, job.input)),
                               "params": sorted(k.replace("__", ".") for k in job.params.keys()),
                               "outputs": sorted(map(str, job.output)), "log": list(map(str, job.log))}
     print("JOBS=" + json.dumps(out))
@@ -98,19 +99,31 @@ def test_snakemake_and_dvc_run_the_same_graph(repo_copy, dataset):
         set_params(repo_copy, params)
     smk, dvc = snakemake_jobs(repo_copy), dvc_stages(repo_copy)
     assert set(smk) == set(dvc), "stages differ"
+    ds = dataset
     for name in smk:
         s, d = smk[name], dvc[name]
         assert s["cmd"] == d["cmd"], name
-        assert s["inputs"] == d["inputs"], name
+        smk_inputs = s["inputs"]
+        if name == "gather":
+            # the one planned difference: DVC depends on the shards' folder as a whole (its
+            # templating cannot expand a list into deps); Snakemake lists every shard in it
+            shards = [f"data/processed/{ds}/shards/shard-{k}" for k in range(len(yaml.safe_load(
+                (repo_copy / "params.yaml").read_text())["preprocess"]["shards"]))]
+            assert [i for i in smk_inputs if "/shards/" in i] == shards
+            smk_inputs = sorted([i for i in smk_inputs if "/shards/" not in i] + [f"data/processed/{ds}/shards"])
+        assert smk_inputs == d["inputs"], name
         assert s["params"] == d["params"], name
         assert d["params_files"] == ["params.yaml"], name
         assert s["outputs"] == d["outputs"], name
-        assert s["log"] == [f"logs/{name}.log"] and f"--log {s['log'][0]}" in s["cmd"], name
+        assert s["log"] == [f"logs/{name.replace('@', '-')}.log"] and f"--log {s['log'][0]}" in s["cmd"], name
     # the registry that drives both: every stage's code is in its inputs
     from pipeline.stages import STAGES
 
     for name, spec in STAGES.items():
-        assert set(spec.all_code) <= set(smk[name]["inputs"]), name
+        jobs = [v for k, v in smk.items() if k.split("@")[0] == name]
+        assert jobs, name
+        for job in jobs:
+            assert set(spec.all_code) <= set(job["inputs"]), name
     if dataset == "lrw":
         assert smk["index"]["outputs"][0].startswith("data/manifests/lrw")
 
@@ -141,31 +154,38 @@ def jobs_planned(root: Path) -> set[str]:
 def test_snakemake_caches_and_reruns_only_what_changed(repo_copy):
     set_params(repo_copy, tiny_params())
     run(["snakemake", "--cores", "2"], repo_copy)
-    manifest = repo_copy / "data/manifests/embedded.parquet"
-    assert len(pd.read_parquet(manifest)) == 7
+    assert len(pd.read_parquet(repo_copy / "data/manifests/embedded.parquet")) == 7
+    assert len(pd.read_parquet(repo_copy / "data/processed/embedded/index.parquet")) == 7
     second = run(["snakemake", "--cores", "2"], repo_copy)
     assert "Nothing to be done" in second.stdout + second.stderr
     record_mtime = (repo_copy / "data/raw/embedded/source.json").stat().st_mtime_ns
+    manifest_mtime = (repo_copy / "data/manifests/embedded.parquet").stat().st_mtime_ns
 
-    # a param of index: index re-runs, acquire does not
+    # a param of preprocess: the shards and gather re-run, acquire and index do not
     params = tiny_params()
-    params["index"]["min_frames"] = 10
+    params["preprocess"]["smooth_window"] = 3
     set_params(repo_copy, params)
-    assert jobs_planned(repo_copy) == {"index"}
+    assert jobs_planned(repo_copy) == {"preprocess", "gather"}
     run(["snakemake", "--cores", "2"], repo_copy)
     assert (repo_copy / "data/raw/embedded/source.json").stat().st_mtime_ns == record_mtime
+    assert (repo_copy / "data/manifests/embedded.parquet").stat().st_mtime_ns == manifest_mtime
     assert jobs_planned(repo_copy) == set()
 
     # a stage's own source file
-    code = repo_copy / "pipeline/data/manifest.py"
+    code = repo_copy / "pipeline/preprocess/gather.py"
     code.write_text(code.read_text() + "\n# edited\n")
-    assert jobs_planned(repo_copy) == {"index"}
+    assert jobs_planned(repo_copy) == {"gather"}
     run(["snakemake", "--cores", "2"], repo_copy)
 
-    # a param of acquire: everything downstream too
+    # a param of index: index and what depends on it
+    params["index"]["min_frames"] = 10
+    set_params(repo_copy, params)
+    assert jobs_planned(repo_copy) == {"index", "preprocess", "gather"}
+
+    # a param of acquire: everything
     params["data"]["embedded"]["seed"] = 1
     set_params(repo_copy, params)
-    assert jobs_planned(repo_copy) == {"acquire", "index"}
+    assert jobs_planned(repo_copy) == {"acquire", "index", "preprocess", "gather"}
 
     # an override that would bypass params.yaml is refused, with the way to apply it
     proc = run(["snakemake", "--cores", "1", "--dry-run", "--config", "index={'min_frames': 12}"], repo_copy, check=False)
@@ -175,6 +195,12 @@ def test_snakemake_caches_and_reruns_only_what_changed(repo_copy):
     other.write_text(yaml.safe_dump({"index": {"min_frames": 12}}))
     proc = run(["snakemake", "--cores", "1", "--dry-run", "--configfile", str(other)], repo_copy, check=False)
     assert proc.returncode != 0 and "differs from params.yaml" in proc.stdout + proc.stderr
+
+    # an invalid params.yaml is refused by the schema before any job starts
+    params["index"]["min_frames"] = "ten"
+    set_params(repo_copy, params)
+    proc = run(["snakemake", "--cores", "1", "--dry-run"], repo_copy, check=False)
+    assert proc.returncode != 0 and "min_frames" in proc.stdout + proc.stderr
 
 
 def dvc_changed(root: Path) -> set[str]:
@@ -195,11 +221,12 @@ def test_dvc_caches_and_reruns_only_what_changed(repo_copy, tmp_path):
     assert dvc_changed(repo_copy) == set()
 
     params = tiny_params()
-    params["index"]["min_frames"] = 10
+    params["preprocess"]["smooth_window"] = 3
     set_params(repo_copy, params)
-    assert dvc_changed(repo_copy) == {"index"}
+    assert dvc_changed(repo_copy) == {"preprocess@0", "preprocess@1", "gather"}
     out = run(["dvc", "repro"], repo_copy).stdout
-    assert "Running stage 'index'" in out and "Running stage 'acquire'" not in out
+    assert "Running stage 'preprocess@0'" in out and "Running stage 'gather'" in out
+    assert "Running stage 'acquire'" not in out and "Running stage 'index'" not in out
 
     code = repo_copy / "pipeline/data/manifest.py"
     code.write_text(code.read_text() + "\n# edited\n")
@@ -207,7 +234,7 @@ def test_dvc_caches_and_reruns_only_what_changed(repo_copy, tmp_path):
 
     params["data"]["embedded"]["seed"] = 1
     set_params(repo_copy, params)
-    assert dvc_changed(repo_copy) == {"acquire", "index"}
+    assert dvc_changed(repo_copy) == {"acquire", "index"}  # downstream follows once their inputs change
 
     # the same params through Snakemake give the same data: the two tools agree on outputs too
     other = copy_repo(tmp_path / "smk")
@@ -216,6 +243,8 @@ def test_dvc_caches_and_reruns_only_what_changed(repo_copy, tmp_path):
     set_params(other, params)
     run(["dvc", "repro"], repo_copy)
     run(["snakemake", "--cores", "2"], other)
-    a = pd.read_parquet(repo_copy / "data/manifests/embedded.parquet")
-    b = pd.read_parquet(other / "data/manifests/embedded.parquet")
-    pd.testing.assert_frame_equal(a, b)
+    for table in ("data/manifests/embedded.parquet", "data/processed/embedded/index.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(repo_copy / table), pd.read_parquet(other / table))
+    for k in (0, 1):
+        meta = "data/processed/embedded/shards/shard-{}/meta.json".format(k)
+        assert (repo_copy / meta).read_text() == (other / meta).read_text()  # same bytes, same checksums

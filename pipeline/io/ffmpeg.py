@@ -212,6 +212,27 @@ def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
     return np.frombuffer(proc.stdout, np.float32).copy()
 
 
+def read_av(path: str | Path, width: int, height: int, fps: float | None = None,
+            sample_rate: int = 16000) -> tuple[np.ndarray, np.ndarray]:
+    """Frames (uint8 RGB [T, H, W, 3]) and audio (float32 mono at sample_rate) in one ffmpeg run.
+
+    The caller knows the size from the manifest, so no probe is needed: one process per clip."""
+    with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as td:
+        wav = Path(td) / "a.f32"
+        args = ["-threads", "1", "-i", str(path), "-map", "0:v:0"]
+        if fps:
+            args += ["-vf", f"fps={fps}"]
+        args += ["-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1",
+                 "-map", "0:a:0", "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "-acodec", "pcm_f32le", str(wav)]
+        proc = run_ffmpeg(args, what=str(path))
+        audio = np.fromfile(wav, np.float32)
+    frame_bytes = width * height * 3
+    if len(proc.stdout) % frame_bytes:
+        raise FFmpegError(f"{path}: decoded video is not {width}x{height}")
+    frames = np.frombuffer(proc.stdout, np.uint8).reshape(-1, height, width, 3)
+    return frames, audio
+
+
 # ----------------------------------------------------------------------------- writing
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:

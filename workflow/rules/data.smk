@@ -38,3 +38,43 @@ rule index:
         CONDA_ENV
     shell:
         stage_cmd("index")
+
+
+rule preprocess:
+    input:
+        manifest=str(paths.manifest(DATASET)),
+        code=stage_code("preprocess"),
+    output:
+        directory(str(paths.processed_shard(DATASET, "{shard}"))),
+    params:
+        **stage_params("preprocess"),
+    log:
+        str(paths.shard_log("{shard}")),
+    benchmark:
+        "logs/benchmarks/preprocess-{shard}.tsv"
+    threads: workflow.cores
+    conda:
+        CONDA_ENV
+    shell:
+        stage_cmd("preprocess", " --shard {wildcards.shard}")
+
+
+rule gather:
+    input:
+        shards=expand(str(paths.processed_shard(DATASET, "{shard}")), shard=config["preprocess"]["shards"]),
+        code=stage_code("gather"),
+    output:
+        index=str(paths.processed_index(DATASET)),
+        failures=str(paths.processed_failures(DATASET)),
+        metrics=str(paths.metrics("gather")),
+    params:
+        **stage_params("gather"),
+    log:
+        str(paths.log("gather")),
+    benchmark:
+        "logs/benchmarks/gather.tsv"
+    threads: 1
+    conda:
+        CONDA_ENV
+    shell:
+        stage_cmd("gather")

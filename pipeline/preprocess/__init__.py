@@ -1,0 +1,1 @@
+"""Preprocessing: faces (mediapipe), aligned crops, mel spectrograms, the sharded store."""
