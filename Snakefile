@@ -14,9 +14,11 @@ configfile: "params.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/sync.smk"
 
 
 rule all:
     input:
         rules.gather.output,
+        rules.sync_check.output,
     default_target: True

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from pipeline.data.datasets import SyncDataset  # noqa: E402
 from pipeline.io import audio as audio_io  # noqa: E402
 from pipeline.io import ffmpeg  # noqa: E402
-from pipeline.io.align import mel_window, valid_frames  # noqa: E402
+from pipeline.io.align import mel_window  # noqa: E402
 from pipeline.io.store import Store  # noqa: E402
 
 

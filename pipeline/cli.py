@@ -18,6 +18,8 @@ RUNNERS = {
     "index": "pipeline.data.manifest",
     "preprocess": "pipeline.preprocess.run",
     "gather": "pipeline.preprocess.gather",
+    "train_sync_expert": "pipeline.train.sync_expert",
+    "sync_check": "pipeline.train.sync_check",
 }
 
 
@@ -30,6 +32,11 @@ def _stage_inputs(stage: str, view: dict, args) -> list:
         return [paths.manifest(ds)]
     if stage == "gather":
         return [paths.processed_shard(ds, k) / "meta.json" for k in view["preprocess"]["shards"]]
+    shard_metas = sorted(paths.processed_shards(ds).glob("shard-*/meta.json")) if ds else []
+    if stage == "train_sync_expert":
+        return [paths.processed_index(ds), *shard_metas]
+    if stage == "sync_check":
+        return [paths.processed_index(ds), *shard_metas, paths.model_dir("sync_expert") / "expert.pt"]
     return []
 
 
@@ -40,6 +47,7 @@ def _summary_items(summary: dict) -> list[tuple[str, object]]:
 
 def _run_stage(name: str, args) -> int:
     import importlib
+    import inspect
 
     from . import runtime, tracking
 
@@ -47,27 +55,62 @@ def _run_stage(name: str, args) -> int:
     spec = STAGES[name]
     view = config.stage_view(params, spec.params)
     runtime.setup_logging(args.log)
-    started = time.time()
     module = importlib.import_module(RUNNERS[name])
     extra = {"shard": args.shard} if name == "preprocess" else {}
-    summary = module.run(view, **extra)
-    seconds = time.time() - started
     ds = params["data"]["dataset"]
-    fp = runtime.fingerprint(view, _stage_inputs(name, view, args))
-    tags = {"device": "cpu", **({"shard": str(args.shard)} if name == "preprocess" else {})}
+    tags = {"device": _device_tag(), **({"shard": str(args.shard)} if name == "preprocess" else {})}
     run_name = f"{name}-{args.shard}" if name == "preprocess" else name
+    started = time.time()
+    if name == "acquire":  # its inputs are made by the stage itself: fingerprint afterwards
+        summary = module.run(view, **extra)
+        fp = runtime.fingerprint(view, [])
+        with tracking.stage_run(name, ds, view, fp, tags=tags, label=run_name) as tracker:
+            pass
+    else:
+        fp = runtime.fingerprint(view, _stage_inputs(name, view, args))
+        with tracking.stage_run(name, ds, view, fp, tags=tags, label=run_name) as tracker:
+            if "tracker" in inspect.signature(module.run).parameters:
+                extra["tracker"] = tracker
+            summary = module.run(view, **extra)
+    seconds = time.time() - started
     items = _summary_items(summary)
-    with tracking.stage_run(name, ds, view, fp, tags=tags, label=run_name) as mlflow:
-        mlflow.log_metrics({**{k[:250]: float(v) for k, v in items}, "wall_seconds": seconds})
+    tracker.log_metrics({**dict(items), "wall_seconds": seconds})
     line = f"{run_name}: {ds}: " + ", ".join(f"{k}={v}" for k, v in items) + f" in {seconds:.1f} s"
     log.info(line)
     print(line)
     return 0
 
 
+def _device_tag() -> str:
+    import sys
+
+    torch = sys.modules.get("torch")  # only stages that use torch pay for importing it
+    if torch is not None and torch.cuda.is_available():
+        return f"cuda:{torch.cuda.get_device_name(0)}"
+    return "cpu"
+
+
 def _preset(args) -> int:
     config.apply_preset(args.name, args.params)
     print(f"preset {args.name} applied to {args.params} (validated)")
+    return 0
+
+
+def _import_expert(args) -> int:
+    """Check that FILE is Wav2Lip's expert, then make it the expert through params.yaml (so both
+    orchestrators see the change and re-run what depends on the expert)."""
+    from pathlib import Path
+
+    from .train.expert_io import import_wav2lip
+
+    path = Path(args.file).expanduser().resolve()
+    if not path.is_file():
+        raise PipelineError(f"{path} does not exist")
+    import_wav2lip(path)  # raises with the reason when the layout differs
+    config.update_params(args.params, {"sync_expert": {"pretrained": str(path)}, "preprocess": {"img_size": 96}},
+                         f"import-expert {path.name}")
+    print(f"{path} loads as Wav2Lip's SyncNet (strict); params.yaml now sets sync_expert.pretrained to it "
+          f"(and preprocess.img_size to 96): run the pipeline to use it")
     return 0
 
 
@@ -99,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help=f"one of: {', '.join(config.preset_names())}")
     p.add_argument("--params", default="params.yaml")
     p.set_defaults(func=_preset)
+    p = sub.add_parser("import-expert", help="use Wav2Lip's lipsync_expert.pth as the sync expert")
+    p.add_argument("file", help="the checkpoint ({'state_dict': ...}, a 'module.' prefix is fine)")
+    p.add_argument("--params", default="params.yaml")
+    p.set_defaults(func=_import_expert)
     p = sub.add_parser("validate", help="check params.yaml against the schema")
     p.add_argument("--params", default="params.yaml")
     p.set_defaults(func=_validate)
@@ -117,3 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from .train.loop import Preempted
+
+        if isinstance(exc, Preempted):
+            print(f"preempted: {exc}", file=sys.stderr)
+            return 128 + exc.signum
+        raise

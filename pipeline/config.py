@@ -80,10 +80,19 @@ def _check_semantics(params: dict, source: str) -> None:
     ds = params["data"]["dataset"]
     if ds in ("lrw", "lrs2"):
         section = params["data"][ds]
-        if section["source"] == "local" and not section["root"]:
+        if not section["root"]:
+            what = ("the folder that holds your copy" if section["source"] == "local"
+                    else f"the folder to download {ds.upper()} into")
             raise ConfigError(
-                f"{source}: data.{ds}.root is null, but data.dataset is {ds} with source local: "
-                f"set data.{ds}.root to the folder that holds your copy"
+                f"{source}: data.{ds}.root is null, but data.dataset is {ds} with source {section['source']}: "
+                f"set data.{ds}.root to {what}"
+            )
+    for name in ("lrw", "lrs2"):
+        url = params["data"][name].get("url_base")
+        if url and "@" in url.split("//", 1)[-1].split("/", 1)[0]:
+            raise ConfigError(
+                f"{source}: data.{name}.url_base must not hold a user name or password: remove them and "
+                f"set {name.upper()}_USERNAME/{name.upper()}_PASSWORD or a netrc entry for the host instead"
             )
 
 
@@ -142,19 +151,22 @@ def preset_names() -> list[str]:
 
 def apply_preset(name: str, params_path: Path | str = "params.yaml") -> dict:
     """Merge workflow/presets/<name>.yaml into params.yaml (comments kept), validate, write atomically."""
-    from ruamel.yaml import YAML
-
     preset_file = PRESETS_DIR / f"{name}.yaml"
     if not preset_file.is_file():
         raise ConfigError(f"unknown preset {name!r} (available: {', '.join(preset_names())})")
-    preset = read_yaml(preset_file, "preset") or {}
-    plain = deep_merge(read_yaml(params_path, "params file"), preset)
-    validate(plain, f"{params_path} after preset {name}")
+    return update_params(params_path, read_yaml(preset_file, "preset") or {}, f"preset {name}")
 
+
+def update_params(params_path: Path | str, update: dict, what: str) -> dict:
+    """Merge `update` into params.yaml keeping its comments; validate first, write atomically."""
+    from ruamel.yaml import YAML
+
+    plain = deep_merge(read_yaml(params_path, "params file"), update)
+    validate(plain, f"{params_path} after {what}")
     rt = YAML()  # round-trip: keeps the comments of params.yaml
     with open(params_path, encoding="utf-8") as fh:
         doc = rt.load(fh)
-    _merge_into(doc, preset)
+    _merge_into(doc, update)
     path = Path(params_path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as fh:

@@ -57,3 +57,15 @@ def processed_failures(dataset: str) -> Path:
 
 def shard_log(shard: int | str) -> Path:
     return Path("logs") / f"preprocess-{shard}.log"
+
+
+def model_dir(name: str) -> Path:
+    return Path("models") / name
+
+
+def plot(stage: str) -> Path:
+    return Path("plots") / f"{stage}.csv"
+
+
+def sync_check_dir(dataset: str) -> Path:
+    return Path("data/sync_check") / dataset

@@ -38,9 +38,12 @@ STAGES: dict[str, StageSpec] = {
                 "pipeline/data/embedded.py",
                 "pipeline/data/speech.py",
                 "pipeline/data/face_anim.py",
+                "pipeline/data/download.py",
+                "pipeline/data/archive.py",
+                "pipeline/data/httpclient.py",
                 "pipeline/io/ffmpeg.py",
             ),
-            summary="build the embedded corpus or adopt a local LRW/LRS2 copy",
+            summary="build the embedded corpus, or adopt or download LRW/LRS2",
         ),
         StageSpec(
             name="index",
@@ -73,6 +76,32 @@ STAGES: dict[str, StageSpec] = {
                 "pipeline/io/store.py",
             ),
             summary="index all shards and collect every rejected clip with its reason",
+        ),
+        StageSpec(
+            name="train_sync_expert",
+            params=("data.dataset", "preprocess.img_size", "sync_expert"),
+            code=(
+                "pipeline/train/sync_expert.py",
+                "pipeline/train/loop.py",
+                "pipeline/train/expert_io.py",
+                "pipeline/models/syncnet.py",
+                "pipeline/data/datasets.py",
+                "pipeline/io/store.py",
+                "pipeline/io/align.py",
+            ),
+            summary="pretrain the lip-sync expert (or import Wav2Lip's: sync_expert.pretrained)",
+        ),
+        StageSpec(
+            name="sync_check",
+            params=("data.dataset", "sync_check"),
+            code=(
+                "pipeline/train/sync_check.py",
+                "pipeline/train/expert_io.py",
+                "pipeline/models/syncnet.py",
+                "pipeline/io/store.py",
+                "pipeline/io/align.py",
+            ),
+            summary="every clip's audio/video offset and confidence; clips out of sync are excluded",
         ),
     )
 }

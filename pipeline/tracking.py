@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import flatten
@@ -59,10 +60,43 @@ def _experiment(mlflow, dataset: str) -> str:
         return exp.experiment_id
 
 
+@dataclass
+class Tracker:
+    """A handle on one MLflow run that any process can log to (it pickles to uri + run id), so
+    DDP rank 0 in a spawned worker logs live to the run its parent opened."""
+
+    uri: str
+    run_id: str
+
+    def _client(self):
+        import mlflow
+
+        return mlflow.MlflowClient(self.uri)
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k[:250], float(v), now, step or 0) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v]
+        if items:
+            self._client().log_batch(self.run_id, metrics=items)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._client().log_artifact(self.run_id, str(path), artifact_path)
+
+    def set_tags(self, tags: dict) -> None:
+        client = self._client()
+        for k, v in tags.items():
+            client.set_tag(self.run_id, k, str(v))
+
+
 @contextmanager
 def stage_run(stage: str, dataset: str, params_view: dict, fingerprint: str, tags: dict | None = None,
               label: str | None = None):
-    """An MLflow run for one stage execution; yields the mlflow module for logging."""
+    """An MLflow run for one stage execution; yields a Tracker."""
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     import logging
 
@@ -70,10 +104,11 @@ def stage_run(stage: str, dataset: str, params_view: dict, fingerprint: str, tag
 
     for noisy in ("alembic", "mlflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    mlflow.set_tracking_uri(tracking_uri())
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
     exp_id = _experiment(mlflow, dataset)
     all_tags = {"stage": stage, "dataset": dataset, "input_fingerprint": fingerprint, **git_state(), **(tags or {})}
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"{label or stage}-{fingerprint[:7]}", tags=all_tags):
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"{label or stage}-{fingerprint[:7]}", tags=all_tags) as run:
         flat = {k: ("null" if v is None else v) for k, v in flatten(params_view).items()}
         mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
-        yield mlflow
+        yield Tracker(uri, run.info.run_id)

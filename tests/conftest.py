@@ -72,8 +72,11 @@ def default_params() -> dict:
 
 
 def tiny_params(**embedded) -> dict:
+    """The default params at test size: a 7-clip corpus and a sync expert trained for seconds."""
     p = default_params()
     p["data"]["embedded"].update(train_clips=4, val_clips=1, test_clips=2, n_words=3, **embedded)
+    p["sync_expert"].update(width=0.0625, batch_size=16, windows_per_clip=4, max_steps=10, eval_every=5,
+                            val_samples=16, warmup_steps=2)
     return p
 
 
@@ -154,6 +157,13 @@ def lrw_from_corpus(corpus_dir, root, bad=True):
     other = ffmpeg.read_frames(good[-1])
     two = np.concatenate([frames, other[: len(frames)]], axis=2)  # two faces side by side
     add("00908", lambda t: ffmpeg.write_mp4(t, two, 25, wav, 16000))
+    short = wav[: len(wav) - 7 * 640]  # audio 7 frames shorter than the video: trimmed
+    add("00909", lambda t: ffmpeg.write_mp4(t, frames, 25, short, 16000))
+    # the first train clip again, in the test split, with its audio delayed by 5 frames (200 ms)
+    delayed = np.concatenate([np.zeros(5 * 640, np.float32), wav])[: len(wav)]
+    test_dir = train.parent / "test"
+    ffmpeg.write_mp4(test_dir / f"{word}_00950.mp4", frames, 25, delayed, 16000)
+    (test_dir / f"{word}_00950.txt").write_text(f"Text:  {word}\n")
     return root
 
 

@@ -6,6 +6,7 @@ The caching tests run both tools for real in temporary copies of the repository.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -104,12 +105,12 @@ def test_snakemake_and_dvc_run_the_same_graph(repo_copy, dataset):
         s, d = smk[name], dvc[name]
         assert s["cmd"] == d["cmd"], name
         smk_inputs = s["inputs"]
-        if name == "gather":
+        if f"data/processed/{ds}/shards" in d["inputs"]:
             # the one planned difference: DVC depends on the shards' folder as a whole (its
             # templating cannot expand a list into deps); Snakemake lists every shard in it
             shards = [f"data/processed/{ds}/shards/shard-{k}" for k in range(len(yaml.safe_load(
                 (repo_copy / "params.yaml").read_text())["preprocess"]["shards"]))]
-            assert [i for i in smk_inputs if "/shards/" in i] == shards
+            assert [i for i in smk_inputs if "/shards/" in i] == shards, name
             smk_inputs = sorted([i for i in smk_inputs if "/shards/" not in i] + [f"data/processed/{ds}/shards"])
         assert smk_inputs == d["inputs"], name
         assert s["params"] == d["params"], name
@@ -165,7 +166,7 @@ def test_snakemake_caches_and_reruns_only_what_changed(repo_copy):
     params = tiny_params()
     params["preprocess"]["smooth_window"] = 3
     set_params(repo_copy, params)
-    assert jobs_planned(repo_copy) == {"preprocess", "gather"}
+    assert jobs_planned(repo_copy) == {"preprocess", "gather", "train_sync_expert", "sync_check"}
     run(["snakemake", "--cores", "2"], repo_copy)
     assert (repo_copy / "data/raw/embedded/source.json").stat().st_mtime_ns == record_mtime
     assert (repo_copy / "data/manifests/embedded.parquet").stat().st_mtime_ns == manifest_mtime
@@ -174,18 +175,24 @@ def test_snakemake_caches_and_reruns_only_what_changed(repo_copy):
     # a stage's own source file
     code = repo_copy / "pipeline/preprocess/gather.py"
     code.write_text(code.read_text() + "\n# edited\n")
-    assert jobs_planned(repo_copy) == {"gather"}
+    assert jobs_planned(repo_copy) == {"gather", "train_sync_expert", "sync_check"}
+    run(["snakemake", "--cores", "2"], repo_copy)
+
+    # a param of the last stage: that stage alone
+    params["sync_check"]["max_offset"] = 2
+    set_params(repo_copy, params)
+    assert jobs_planned(repo_copy) == {"sync_check"}
     run(["snakemake", "--cores", "2"], repo_copy)
 
     # a param of index: index and what depends on it
     params["index"]["min_frames"] = 10
     set_params(repo_copy, params)
-    assert jobs_planned(repo_copy) == {"index", "preprocess", "gather"}
+    assert jobs_planned(repo_copy) == {"index", "preprocess", "gather", "train_sync_expert", "sync_check"}
 
     # a param of acquire: everything
     params["data"]["embedded"]["seed"] = 1
     set_params(repo_copy, params)
-    assert jobs_planned(repo_copy) == {"acquire", "index", "preprocess", "gather"}
+    assert jobs_planned(repo_copy) == {"acquire", "index", "preprocess", "gather", "train_sync_expert", "sync_check"}
 
     # an override that would bypass params.yaml is refused, with the way to apply it
     proc = run(["snakemake", "--cores", "1", "--dry-run", "--config", "index={'min_frames': 12}"], repo_copy, check=False)
@@ -226,6 +233,7 @@ def test_dvc_caches_and_reruns_only_what_changed(repo_copy, tmp_path):
     assert dvc_changed(repo_copy) == {"preprocess@0", "preprocess@1", "gather"}
     out = run(["dvc", "repro"], repo_copy).stdout
     assert "Running stage 'preprocess@0'" in out and "Running stage 'gather'" in out
+    assert "Running stage 'train_sync_expert'" in out and "Running stage 'sync_check'" in out
     assert "Running stage 'acquire'" not in out and "Running stage 'index'" not in out
 
     code = repo_copy / "pipeline/data/manifest.py"
@@ -245,6 +253,9 @@ def test_dvc_caches_and_reruns_only_what_changed(repo_copy, tmp_path):
     run(["snakemake", "--cores", "2"], other)
     for table in ("data/manifests/embedded.parquet", "data/processed/embedded/index.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(repo_copy / table), pd.read_parquet(other / table))
+    for table in ("metrics/train_sync_expert.json", "metrics/sync_check.json"):  # seeded CPU training
+        assert json.loads((repo_copy / table).read_text()) | {"train_seconds": 0} == \
+            json.loads((other / table).read_text()) | {"train_seconds": 0}
     for k in (0, 1):
         meta = "data/processed/embedded/shards/shard-{}/meta.json".format(k)
         assert (repo_copy / meta).read_text() == (other / meta).read_text()  # same bytes, same checksums

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -38,8 +37,10 @@ def test_bad_clips_are_recorded_and_the_rest_succeeds(processed):
     assert by_name(index, "00907").filled_frames.iloc[0] == 2
     two = by_name(index, "00908")
     assert two.multi_face.iloc[0] and two.max_faces.iloc[0] == 2
-    n_good = len(list((work / "LRW/lipread_mp4").glob("*/*/*.mp4"))) - 8
-    assert len(index) == n_good + 4
+    trimmed = by_name(index, "00909")
+    assert trimmed.trimmed.iloc[0] and trimmed.n_frames.iloc[0] == 22 and trimmed.n_mel.iloc[0] == 1 + 22 * 640 // 200
+    n_good = len(list((work / "LRW/lipread_mp4").glob("*/*/*.mp4"))) - 9
+    assert len(index) == n_good + 5
     metrics = json.loads((work / "metrics/gather.json").read_text())
     assert metrics["clips"] == len(index) and metrics["rejected"] == len(fails)
 

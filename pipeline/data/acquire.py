@@ -1,8 +1,9 @@
-"""The acquire stage: build the embedded corpus, or adopt a copy of LRW/LRS2 already on disk.
+"""The acquire stage: build the embedded corpus, adopt a copy of LRW/LRS2 already on disk, or
+download LRW/LRS2 into data.<ds>.root (`source: download`, pipeline.data.download).
 
 Output: data/raw/<dataset>/ holding source.json (what was acquired, from where, its layout and
-clip counts) and, for the embedded corpus, the corpus itself. An adopted copy is validated and
-recorded, never copied.
+clip counts) and, for the embedded corpus, the corpus itself. An adopted or downloaded copy is
+validated and recorded, never copied into data/raw.
 """
 from __future__ import annotations
 
@@ -30,15 +31,21 @@ def run(view: dict) -> dict:
         with tqdm(total=total, desc="embedded corpus", unit="clip", disable=None) as bar:
             return embedded.build(cfg, out, available_cores(), progress=bar.update)
     section = data[ds]
-    root = Path(section["root"]).expanduser().resolve()
-    include_pretrain = bool(section.get("include_pretrain", False))
-    summary = layouts.validate(ds, root, include_pretrain)
-    record = {"dataset": ds, "kind": "adopted", "source": section["source"], "root": str(root),
-              "include_pretrain": include_pretrain, **summary}
+    stats: dict = {}
+    if section["source"] == "download":
+        from . import download
+
+        record, stats = download.acquire(ds, section)
+    else:
+        root = Path(section["root"]).expanduser().resolve()
+        include_pretrain = bool(section.get("include_pretrain", False))
+        summary = layouts.validate(ds, root, include_pretrain)
+        record = {"dataset": ds, "kind": "adopted", "source": section["source"], "root": str(root),
+                  "include_pretrain": include_pretrain, **summary}
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     write_json_atomic(tmp / "source.json", record)
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
-    return record
+    return {**record, **stats}

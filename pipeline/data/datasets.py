@@ -59,11 +59,19 @@ class _Windows(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def locate(self, index: int) -> tuple[int, int]:
+        """(epoch, position): an index past the end addresses the same windows in a later epoch,
+        so a sampler can run through epochs without telling the workers."""
+        if len(self.pairs) == 0:
+            raise SampleError("the dataset has no clip with a valid window")
+        return divmod(int(index), len(self.pairs))
+
     def rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, index])
+        epoch, i = self.locate(index)
+        return np.random.default_rng([self.seed, self.epoch + epoch, i])
 
     def _guard(self, index: int, fn):
-        k, i = self.pairs[index]
+        k, i = self.pairs[self.locate(index)[1]]
         cid = self.clips.clip_id[k]
         try:
             return fn(k, int(i), cid)
@@ -155,3 +163,77 @@ class GeneratorDataset(_Windows):
         as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
         return {"target": as_t(target), "masked": as_t(masked), "reference": as_t(reference), "mel": as_t(mels),
                 "lip": as_t(lip), "clip_id": cid, "start": t0}
+
+
+class SyncGroups:
+    """Batches of in-sync windows grouped by clip, for training the expert on hard negatives.
+
+    Each group is one clip: `per_clip` centre frames spaced `min_offset` apart (random phase).
+    Within a group, audio window i with face window i is in sync and with face window j != i is
+    off sync by at least min_offset frames, so every negative differs from its positive only in
+    timing, never in identity or voice: the expert cannot solve it by recognising the speaker.
+    Batches are a pure function of (seed, step, rank)."""
+
+    def __init__(self, store: Store, splits=("train",), min_offset: int = 3, per_clip: int = 8):
+        self.store = store
+        idx = store.index
+        self.clips = idx[idx["split"].isin(splits)].reset_index(drop=True)
+        self.valid = [align.valid_frames(int(r.n_frames), int(r.n_mel)) for r in self.clips.itertuples()]
+        self.min_offset, self.per_clip = min_offset, per_clip
+        usable = [k for k, v in enumerate(self.valid) if len(v) >= 1 + min_offset]
+        if not usable:
+            raise SampleError(f"no clip has two windows {min_offset} frames apart")
+        self.usable = np.array(usable)
+
+    def batch(self, seed: int, step: int, rank: int, n_clips: int):
+        """(faces [N, 15, H/2, W] in [0, 1], mel [N, 1, 80, 16], group [N]) for n_clips clips."""
+        rng = np.random.default_rng([seed, step, rank, 7])
+        chosen = rng.choice(self.usable, size=n_clips, replace=len(self.usable) < n_clips)
+        faces, mels, groups = [], [], []
+        for g, k in enumerate(chosen):
+            row = self.clips.iloc[int(k)]
+            cid, valid = row.clip_id, self.valid[int(k)]
+            phase = int(rng.integers(self.min_offset))
+            centres = list(range(valid.start + phase, valid.stop, self.min_offset))
+            if len(centres) > self.per_clip:
+                first = int(rng.integers(len(centres) - self.per_clip + 1))
+                centres = centres[first: first + self.per_clip]
+            try:
+                frames = self.store.frames(cid)
+                mel = self.store.mel(cid)
+                lower = to_unit(lower_half(frames))
+                for c in centres:
+                    faces.append(lower[c - align.HALF: c + align.HALF + 1].reshape(-1, *lower.shape[2:]))
+                    mels.append(mel[align.mel_window(c, int(row.n_frames), int(row.n_mel))].T[None])
+                    groups.append(g)
+            except Exception as exc:
+                raise SampleError(f"clip {cid}: {type(exc).__name__}: {exc}") from exc
+        return (torch.from_numpy(np.stack(faces)), torch.from_numpy(np.ascontiguousarray(np.stack(mels))),
+                torch.tensor(groups))
+
+
+def augment_groups(faces: torch.Tensor, mel: torch.Tensor, groups: torch.Tensor, rng: np.random.Generator):
+    """Per-clip augmentation of a SyncGroups batch: colour (gain per channel, brightness,
+    contrast), geometry (shift, scale, horizontal flip) and audio gain, the same for every window
+    of a group, so that negatives still differ from positives in timing only."""
+    import torch.nn.functional as F
+
+    n, c, h, w = faces.shape
+    n_groups = int(groups.max()) + 1
+    gain = torch.from_numpy(rng.uniform(0.8, 1.2, (n_groups, 1, 3, 1, 1)).astype(np.float32))
+    bright = torch.from_numpy(rng.uniform(-0.08, 0.08, (n_groups, 1, 1, 1, 1)).astype(np.float32))
+    contrast = torch.from_numpy(rng.uniform(0.8, 1.2, (n_groups, 1, 1, 1, 1)).astype(np.float32))
+    x = faces.view(n, c // 3, 3, h, w)
+    g = groups
+    mean = x.mean(dim=(1, 2, 3, 4), keepdim=True)
+    x = ((x - mean) * contrast[g] + mean) * gain[g] + bright[g]
+    scale = rng.uniform(0.94, 1.06, n_groups)
+    flip = np.where(rng.random(n_groups) < 0.5, -1.0, 1.0)
+    tx, ty = rng.uniform(-0.06, 0.06, n_groups), rng.uniform(-0.06, 0.06, n_groups)
+    theta = np.zeros((n_groups, 2, 3), np.float32)
+    theta[:, 0, 0], theta[:, 1, 1] = scale * flip, scale
+    theta[:, 0, 2], theta[:, 1, 2] = tx, ty
+    grid = F.affine_grid(torch.from_numpy(theta)[g], (n, c, h, w), align_corners=False)
+    x = F.grid_sample(x.reshape(n, c, h, w), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    audio_gain = torch.from_numpy(rng.uniform(-0.4, 0.4, (n_groups, 1, 1, 1)).astype(np.float32))
+    return x.clamp(0, 1), (mel + audio_gain[g]).clamp(-4, 4)

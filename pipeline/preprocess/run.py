@@ -25,7 +25,7 @@ from .. import paths
 from ..errors import PipelineError
 from ..io import audio as audio_io
 from ..io import ffmpeg, store
-from ..runtime import fingerprint, workers, write_json_atomic
+from ..runtime import fingerprint, workers
 from . import crops, faces
 
 log = logging.getLogger("pipeline.preprocess")

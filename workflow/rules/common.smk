@@ -25,6 +25,8 @@ if config != _on_disk:
 validate(config, "../schemas/params.schema.yaml", set_default=False)
 
 DATASET = config["data"]["dataset"]
+# every preprocess shard: the store that training reads (DVC depends on their folder as a whole)
+SHARDS = [str(paths.processed_shard(DATASET, k)) for k in config["preprocess"]["shards"]]
 
 
 def stage_code(stage):

@@ -61,7 +61,7 @@ rule preprocess:
 
 rule gather:
     input:
-        shards=expand(str(paths.processed_shard(DATASET, "{shard}")), shard=config["preprocess"]["shards"]),
+        shards=SHARDS,
         code=stage_code("gather"),
     output:
         index=str(paths.processed_index(DATASET)),

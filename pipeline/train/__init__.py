@@ -1,0 +1,1 @@
+"""Training: the loop machinery (device, AMP, DDP, checkpoints, signals) and the stages."""

@@ -1,0 +1,218 @@
+"""Training machinery shared by the stages, with no framework magic.
+
+- Device: CUDA when present (bf16 autocast where supported, fp16 + GradScaler where not), else CPU.
+- DDP: rank and world size from torchrun (RANK/WORLD_SIZE/LOCAL_RANK) or SLURM (SLURM_PROCID/
+  SLURM_NTASKS/SLURM_LOCALID); NCCL on GPUs, gloo on CPU. With `processes > 1` and no launcher,
+  the stage starts its own workers (`spawn`), so its command is the same under every orchestrator.
+- Checkpoints: model(s), optimiser(s), scaler, step and every RNG state, written atomically;
+  SIGTERM and SIGUSR1 ask the loop to checkpoint at the next step boundary and stop (preemption).
+- Batches: a pure function of (seed, step, rank), so a resumed run sees exactly the batches the
+  uninterrupted run would have seen.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    amp_dtype: torch.dtype | None = None
+    scaler: object | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def device_name(self) -> str:
+        if self.device.type == "cuda":
+            return torch.cuda.get_device_name(self.device)
+        return "cpu"
+
+
+def launcher_env() -> tuple[int, int, int] | None:
+    """(rank, world_size, local_rank) set by torchrun or SLURM, else None."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
+        return int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"]), int(os.environ.get("SLURM_LOCALID", 0))
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def setup(amp: bool = True, rank: int | None = None, world_size: int | None = None, local_rank: int = 0) -> Runtime:
+    env = launcher_env()
+    if rank is None and env:
+        rank, world_size, local_rank = env
+    rank, world_size = rank or 0, world_size or 1
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29500")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size)
+    rt = Runtime(device, rank, world_size, local_rank)
+    if amp and device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            rt.amp_dtype = torch.bfloat16
+        else:  # e.g. V100: fp16 needs a gradient scaler
+            rt.amp_dtype = torch.float16
+            rt.scaler = torch.amp.GradScaler("cuda")
+    return rt
+
+
+def teardown(rt: Runtime) -> None:
+    if rt.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def autocast(rt: Runtime):
+    if rt.amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=rt.device.type, dtype=rt.amp_dtype)
+
+
+def backward_step(rt: Runtime, loss: torch.Tensor, optimiser, params=None, clip: float | None = None) -> None:
+    optimiser.zero_grad(set_to_none=True)
+    if rt.scaler is not None:
+        rt.scaler.scale(loss).backward()
+        rt.scaler.unscale_(optimiser)
+        if clip:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        rt.scaler.step(optimiser)
+        rt.scaler.update()
+    else:
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        optimiser.step()
+
+
+def all_mean(rt: Runtime, value: float) -> float:
+    if not rt.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=rt.device)
+    dist.all_reduce(t)
+    return float(t.item()) / rt.world_size
+
+
+def run_workers(fn, processes: int, *args) -> None:
+    """Run fn(rank, world_size, *args) in `processes` DDP workers, unless a launcher (torchrun,
+    srun) already started this process as one of them."""
+    env = launcher_env()
+    if env is not None or processes <= 1:
+        rank, world, local = env or (0, 1, 0)
+        fn(rank, world, *args)
+        return
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(free_port())
+    import torch.multiprocessing as tmp
+
+    tmp.spawn(_spawned, args=(processes, fn, args), nprocs=processes, join=True)
+
+
+def _spawned(rank: int, world: int, fn, args) -> None:
+    fn(rank, world, *args)
+
+
+# ------------------------------------------------------------------------- batches and RNG
+def batch_indices(seed: int, step: int, rank: int, batch: int, n: int) -> list[int]:
+    """The global sample indices of one rank's batch at `step` (index // n is the epoch)."""
+    rng = np.random.default_rng([seed, step, rank, 104729])
+    return (rng.integers(0, n, batch) + n * (step * batch // max(1, n))).tolist()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
+    return torch.load(path, map_location=device, weights_only=False)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+class StopRequest:
+    """SIGTERM / SIGUSR1 set a flag; the loop checkpoints at the next step boundary and stops."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old = {}
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. inside a test runner thread)
+                pass
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class Preempted(Exception):
+    """Raised after the checkpoint is written; the CLI exits with 128 + the signal number."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"stopped by signal {signum} at step {step}; checkpoint saved, re-run to continue")
+        self.signum = signum
+        self.step = step

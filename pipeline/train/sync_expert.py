@@ -1,0 +1,212 @@
+"""The train_sync_expert stage: pretrain the lip-sync expert (or import Wav2Lip's).
+
+Loss: BCE on the cosine of in-sync / off-sync pairs (Wav2Lip) plus an in-batch contrastive term
+that gets the network off the 0.69 plateau on every seed (DESIGN §10), with a linear warm-up.
+Validation every `eval_every` steps on a fixed set of val-split pairs: loss and off-sync
+detection accuracy, overall and on voiced windows. Keeps the best (lowest val loss) and the last
+checkpoint; stops at `max_steps` or after `patience` evaluations without improvement. Resumes
+exactly from work/train_sync_expert/<fingerprint>/ after a kill.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import paths
+from ..data.datasets import SyncDataset, SyncGroups, augment_groups
+from ..errors import PipelineError
+from ..io.store import Store
+from ..models.syncnet import SyncNet, grouped_sync_losses, sync_probability
+from ..runtime import available_cores, fingerprint, write_json_atomic
+from . import expert_io, loop
+
+log = logging.getLogger("pipeline.sync_expert")
+PLOT_FIELDS = ["step", "train_loss", "train_bce", "lr", "val_loss", "val_acc", "val_acc_voiced"]
+
+
+def collate(samples):
+    faces, mel, label, voiced = zip(*samples)
+    return torch.stack(faces), torch.stack(mel), torch.stack(label), torch.stack(voiced)
+
+
+@torch.no_grad()
+def evaluate(model, val: SyncDataset, n: int, rt: loop.Runtime, batch: int = 128) -> dict:
+    model.eval()
+    probs, labels, voiced = [], [], []
+    for start in range(0, n, batch):
+        f, m, y, v = collate([val[i] for i in range(start, min(n, start + batch))])
+        with loop.autocast(rt):
+            a, e = model(m.to(rt.device), f.to(rt.device))
+        probs.append(sync_probability(a.float(), e.float()).cpu())
+        labels.append(y)
+        voiced.append(v)
+    model.train()
+    p, y, v = torch.cat(probs), torch.cat(labels), torch.cat(voiced)
+    correct = ((p > 0.5).float() == y).float()
+    loss = torch.nn.functional.binary_cross_entropy(p, y).item()
+    return {"val_loss": loss, "val_acc": correct.mean().item(),
+            "val_acc_voiced": correct[v].mean().item() if v.any() else float("nan"),
+            "val_voiced_fraction": v.float().mean().item()}
+
+
+def _datasets(view):
+    ds = view["data"]["dataset"]
+    cfg = view["sync_expert"]
+    root = paths.processed_dir(ds)
+    if not (root / "index.parquet").is_file():
+        raise PipelineError(f"{root / 'index.parquet'} not found: run preprocessing (preprocess, gather) first")
+    store = Store(root)
+    train = SyncGroups(store, ("train",), min_offset=cfg["min_offset"], per_clip=cfg["windows_per_clip"])
+    val = SyncDataset(store, ("val",), seed=cfg["seed"] + 1, min_offset=cfg["min_offset"], other_clip=cfg["other_clip"])
+    if len(train.usable) == 0 or len(val) == 0:
+        raise PipelineError(f"the store {root} has no train or no val windows")
+    return train, val
+
+
+def train_worker(rank: int, world: int, view: dict, work: str, tracker) -> None:
+    cfg = view["sync_expert"]
+    rt = loop.setup(amp=cfg["amp"], rank=rank if world > 1 else None, world_size=world if world > 1 else None,
+                    local_rank=rank)
+    torch.set_num_threads(max(1, available_cores() // rt.world_size))
+    work = Path(work)
+    ckpt_path = work / "checkpoint.pt"
+    train, val = _datasets(view)
+    n_val = min(cfg["val_samples"], len(val))
+    loop.seed_everything(cfg["seed"])
+    model = SyncNet(view["preprocess"]["img_size"], cfg["width"]).to(rt.device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    step, history, best = 0, [], {"val_loss": float("inf"), "step": -1, "evals_since": 0}
+    if ckpt_path.is_file():
+        state = loop.load_checkpoint(ckpt_path, rt.device)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimiser"])
+        step, history, best = state["step"], state["history"], state["best"]
+        loop.set_rng_state(state["rng"])
+        if rank == 0:
+            log.info("resuming from %s at step %d", ckpt_path, step)
+    net = torch.nn.parallel.DistributedDataParallel(model) if rt.distributed else model
+    per_rank = max(2, cfg["batch_size"] // rt.world_size)
+    stop = loop.StopRequest()
+
+    def checkpoint():
+        if rt.is_main:
+            loop.save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimiser": opt.state_dict(), "step": step,
+                                             "history": history, "best": best, "rng": loop.rng_state(),
+                                             "config": model.config()})
+
+    started = time.time()
+    try:
+        while step < cfg["max_steps"]:
+            if stop:
+                checkpoint()
+                raise loop.Preempted(stop.signal, step)
+            lr = cfg["lr"] * min(1.0, (step + 1) / max(1, cfg["warmup_steps"]))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            faces, mel, groups = train.batch(cfg["seed"], step, rt.rank, max(1, per_rank // cfg["windows_per_clip"]))
+            if cfg["augment"]:
+                faces, mel = augment_groups(faces, mel, groups, np.random.default_rng([cfg["seed"], step, rt.rank, 11]))
+            faces, mel, groups = faces.to(rt.device), mel.to(rt.device), groups.to(rt.device)
+            with loop.autocast(rt):
+                a, v = net(mel, faces)
+            bce, nce = grouped_sync_losses(a, v, groups)
+            loss = bce + cfg["contrastive_weight"] * nce
+            if not torch.isfinite(loss):
+                raise PipelineError(f"sync expert loss is {loss.item()} at step {step}: lower sync_expert.lr")
+            loop.backward_step(rt, loss, opt)
+            step += 1
+            row = {"step": step, "train_loss": loop.all_mean(rt, loss.item()), "train_bce": loop.all_mean(rt, bce.item()),
+                   "lr": lr}
+            if step % cfg["eval_every"] == 0 or step == cfg["max_steps"]:
+                row.update(evaluate(model, val, n_val, rt))
+                if row["val_loss"] < best["val_loss"] - 1e-4:
+                    best = {"val_loss": row["val_loss"], "step": step, "evals_since": 0,
+                            "val_acc": row["val_acc"], "val_acc_voiced": row["val_acc_voiced"]}
+                    if rt.is_main:
+                        loop.save_checkpoint(work / "best.pt", expert_io.package(model, step, row))
+                else:
+                    best["evals_since"] += 1
+                if rt.is_main:
+                    log.info("step %d: loss %.4f, val loss %.4f, acc %.3f (voiced %.3f), %.1f samples/s", step,
+                             row["train_loss"], row["val_loss"], row["val_acc"], row["val_acc_voiced"],
+                             (step - (history[0]["step"] - 1 if history else 0)) * cfg["batch_size"] / (time.time() - started))
+            history.append(row)
+            if rt.is_main and tracker is not None and (step % cfg["log_every"] == 0 or "val_loss" in row):
+                tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
+            if "val_loss" in row:
+                checkpoint()
+                if best["evals_since"] >= cfg["patience"]:
+                    if rt.is_main:
+                        log.info("validation loss has not improved for %d evaluations: stopping", cfg["patience"])
+                    break
+        checkpoint()
+        if rt.is_main:
+            loop.save_checkpoint(work / "last.pt", expert_io.package(model, step, history[-1] if history else {}))
+            (work / "done.json").write_text(json.dumps({"step": step, "best": best}))
+    finally:
+        stop.restore()
+        loop.teardown(rt)
+
+
+def run(view: dict, tracker=None) -> dict:
+    cfg = view["sync_expert"]
+    out = paths.model_dir("sync_expert")
+    if cfg["pretrained"]:
+        return expert_io.import_to(cfg["pretrained"], out, view["preprocess"]["img_size"])
+    train, val = _datasets(view)  # fail early on a missing store
+    ds = view["data"]["dataset"]
+    shards = sorted(paths.processed_shards(ds).glob("shard-*/meta.json"))  # checksums of the crops
+    fp = fingerprint(view, [paths.processed_index(ds), *shards] + _code_files())
+    work = paths.work_dir("train_sync_expert", fp)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "done.json").unlink(missing_ok=True)
+    started = time.time()
+    loop.run_workers(train_worker, cfg["processes"], view, str(work), tracker)
+    done = json.loads((work / "done.json").read_text())
+    state = loop.load_checkpoint(work / "checkpoint.pt")
+    history = state["history"]
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copy2(work / "best.pt", tmp / "expert.pt")
+    shutil.copy2(work / "last.pt", tmp / "last.pt")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    _write_plot(history, paths.plot("train_sync_expert"))
+    best = done["best"]
+    metrics = {"steps": done["step"], "best_step": best["step"], "val_loss": best["val_loss"],
+               "val_acc": best["val_acc"], "val_acc_voiced": best["val_acc_voiced"],
+               "train_seconds": round(time.time() - started, 1), "train_clips": len(train.clips), "val_samples": min(cfg["val_samples"], len(val))}
+    write_json_atomic(paths.metrics("train_sync_expert"), metrics)
+    if tracker is not None:
+        tracker.log_artifact(out / "expert.pt", "model")
+        tracker.log_artifact(paths.plot("train_sync_expert"), "plots")
+    shutil.rmtree(work, ignore_errors=True)
+    return metrics
+
+
+def _write_plot(history: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=PLOT_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for row in history:
+            w.writerow({k: (round(row[k], 6) if isinstance(row.get(k), float) else row.get(k, "")) for k in PLOT_FIELDS})
+    os.replace(tmp, path)
+
+
+def _code_files() -> list[Path]:
+    from ..stages import STAGES
+
+    root = Path(__file__).resolve().parents[2]
+    return [root / f for f in STAGES["train_sync_expert"].code if (root / f).is_file()]

@@ -1,0 +1,118 @@
+"""The sync-expert training stage: exact resume, DDP with gloo, preemption, and sync_check."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from conftest import REPO, default_params, run_cli
+from pipeline.train import loop, sync_expert
+
+
+def tiny_view(work, **changes):
+    p = default_params()
+    p["data"]["dataset"] = "lrw"
+    cfg = p["sync_expert"]
+    cfg.update({**dict(width=0.0625, batch_size=16, windows_per_clip=4, max_steps=6, eval_every=3, val_samples=16,
+                       log_every=1, warmup_steps=2), **changes})
+    return {"data": {"dataset": "lrw"}, "preprocess": {"img_size": 96}, "sync_expert": cfg}
+
+
+@pytest.fixture
+def in_project(processed, monkeypatch):
+    work, _ = processed
+    monkeypatch.chdir(work)
+    return work
+
+
+def final_weights(work_dir):
+    return loop.load_checkpoint(work_dir / "checkpoint.pt")["model"]
+
+
+def test_resume_is_exact(in_project, tmp_path):
+    straight, resumed = tmp_path / "a", tmp_path / "b"
+    straight.mkdir(), resumed.mkdir()
+    sync_expert.train_worker(0, 1, tiny_view(in_project, max_steps=6), str(straight), None)
+    sync_expert.train_worker(0, 1, tiny_view(in_project, max_steps=3), str(resumed), None)
+    assert loop.load_checkpoint(resumed / "checkpoint.pt")["step"] == 3
+    sync_expert.train_worker(0, 1, tiny_view(in_project, max_steps=6), str(resumed), None)
+    a, b = final_weights(straight), final_weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ha = loop.load_checkpoint(straight / "checkpoint.pt")["history"]
+    hb = loop.load_checkpoint(resumed / "checkpoint.pt")["history"]
+    assert [r["train_loss"] for r in ha] == [r["train_loss"] for r in hb]
+
+
+def test_ddp_two_gloo_processes(in_project, tmp_path):
+    work = tmp_path / "ddp"
+    work.mkdir()
+    loop.run_workers(sync_expert.train_worker, 2, tiny_view(in_project, max_steps=4, processes=2), str(work), None)
+    state = loop.load_checkpoint(work / "checkpoint.pt")
+    assert state["step"] == 4 and (work / "best.pt").is_file() and (work / "last.pt").is_file()
+    assert json.loads((work / "done.json").read_text())["step"] == 4
+
+
+def test_stage_writes_model_metrics_plot_and_survives_sigterm(processed, tmp_path):
+    work, params = processed
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    os.symlink(work / "data", proj / "data")
+    p = dict(params)
+    p["sync_expert"] = tiny_view(proj, max_steps=60, eval_every=20)["sync_expert"]
+    (proj / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "train_sync_expert"], cwd=proj, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(proj.glob("work/train_sync_expert/*/checkpoint.pt")):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "checkpoint saved, re-run to continue" in err
+    ckpt = next(proj.glob("work/train_sync_expert/*/checkpoint.pt"))
+    stopped_at = loop.load_checkpoint(ckpt)["step"]
+    assert 20 <= stopped_at < 60
+    run_cli(["train_sync_expert", "--log", "re.log"], cwd=proj, check=True)
+    assert "resuming from" in (proj / "re.log").read_text()
+    metrics = json.loads((proj / "metrics/train_sync_expert.json").read_text())
+    assert metrics["steps"] == 60 and 0 <= metrics["val_acc"] <= 1
+    plot = pd.read_csv(proj / "plots/train_sync_expert.csv")
+    assert list(plot.step) == list(range(1, 61)) and plot.val_loss.notna().sum() == 3
+    assert (proj / "models/sync_expert/expert.pt").is_file() and (proj / "models/sync_expert/last.pt").is_file()
+    assert not list(proj.glob("work/train_sync_expert/*"))
+
+
+def test_sync_check_finds_a_delayed_clip(processed, tmp_path):
+    """The expert learns the train clips; a copy of one with its audio delayed by 5 frames (in
+    the test split) is found at offset +5 and excluded, the original at 0 and kept."""
+    work, params = processed
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    os.symlink(work / "data", proj / "data")
+    p = dict(params)
+    p["sync_expert"] = tiny_view(proj, width=0.125, batch_size=32, windows_per_clip=8, max_steps=300,
+                                 eval_every=100, lr=1e-3, augment=False, patience=10)["sync_expert"]
+    (proj / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    run_cli(["train_sync_expert"], cwd=proj, check=True)
+    run_cli(["sync_check"], cwd=proj, check=True)
+    table = pd.read_parquet(proj / "data/sync_check/lrw/offsets.parquet").set_index("clip_id")
+    delayed = table[[c.endswith("_00950") for c in table.index]].iloc[0]
+    word = delayed.name.split("/")[0]
+    original = table.loc[f"{word}/train/{word}_00001"]
+    assert original.offset == 0 and not original.excluded
+    assert delayed.offset == 5 and delayed.excluded and "max_offset" in delayed.reason
+    assert delayed.confidence > 0
+    metrics = json.loads((proj / "metrics/sync_check.json").read_text())
+    assert metrics["clips"] == len(table) and metrics["excluded"] >= 1
+    assert (proj / "data/sync_check/lrw/offsets_hist.png").stat().st_size > 10_000
