@@ -66,6 +66,9 @@ def _run_stage(name: str, args) -> int:
         fp = runtime.fingerprint(view, [])
         with tracking.stage_run(name, ds, view, fp, tags=tags, label=run_name) as tracker:
             pass
+    elif name == "preprocess":  # shard jobs run in parallel: gather is the stage's one MLflow writer
+        summary = module.run(view, **extra)
+        tracker = None
     else:
         fp = runtime.fingerprint(view, _stage_inputs(name, view, args))
         with tracking.stage_run(name, ds, view, fp, tags=tags, label=run_name) as tracker:
@@ -74,7 +77,8 @@ def _run_stage(name: str, args) -> int:
             summary = module.run(view, **extra)
     seconds = time.time() - started
     items = _summary_items(summary)
-    tracker.log_metrics({**dict(items), "wall_seconds": seconds})
+    if tracker is not None:
+        tracker.log_metrics({**dict(items), "wall_seconds": seconds})
     line = f"{run_name}: {ds}: " + ", ".join(f"{k}={v}" for k, v in items) + f" in {seconds:.1f} s"
     log.info(line)
     print(line)

@@ -199,11 +199,11 @@ class SyncGroups:
                 first = int(rng.integers(len(centres) - self.per_clip + 1))
                 centres = centres[first: first + self.per_clip]
             try:
-                frames = self.store.frames(cid)
+                lo, hi = centres[0] - align.HALF, centres[-1] + align.HALF + 1  # only the span used
+                lower = to_unit(lower_half(self.store.frames(cid, lo, hi)))
                 mel = self.store.mel(cid)
-                lower = to_unit(lower_half(frames))
                 for c in centres:
-                    faces.append(lower[c - align.HALF: c + align.HALF + 1].reshape(-1, *lower.shape[2:]))
+                    faces.append(lower[c - align.HALF - lo: c + align.HALF + 1 - lo].reshape(-1, *lower.shape[2:]))
                     mels.append(mel[align.mel_window(c, int(row.n_frames), int(row.n_mel))].T[None])
                     groups.append(g)
             except Exception as exc:

@@ -219,7 +219,7 @@ def read_av(path: str | Path, width: int, height: int, fps: float | None = None,
     The caller knows the size from the manifest, so no probe is needed: one process per clip."""
     with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as td:
         wav = Path(td) / "a.f32"
-        args = ["-threads", "1", "-i", str(path), "-map", "0:v:0"]
+        args = ["-threads", "1", "-noautorotate", "-i", str(path), "-map", "0:v:0"]  # the manifest's size, unrotated
         if fps:
             args += ["-vf", f"fps={fps}"]
         args += ["-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1",

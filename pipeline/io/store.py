@@ -46,9 +46,13 @@ def decode_jpeg(data: bytes) -> np.ndarray:
     return img[..., ::-1]
 
 
-def write_shard(out_dir: Path, clips: list[dict], size: int, storage: str, failures: pd.DataFrame) -> dict:
-    """Write a shard from finished clips (dicts with clip_id, frames or jpeg, landmarks, mel, meta),
-    into a temporary folder renamed at the end. Clips are written in clip_id order."""
+CLIP_COLUMNS = ["clip_id", "frame_offset", "n_frames", "mel_offset", "n_mel"]
+
+
+def write_shard(out_dir: Path, clips, size: int, storage: str, failures: pd.DataFrame) -> dict:
+    """Write a shard from finished clips (dicts with clip_id, frames or jpeg, landmarks, mel, meta)
+    into a temporary folder renamed at the end. `clips` may be a generator: one clip is in memory
+    at a time; the caller yields them in clip_id order."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -57,7 +61,7 @@ def write_shard(out_dir: Path, clips: list[dict], size: int, storage: str, failu
     try:
         with open(tmp / ("frames.u8" if storage == "raw" else "frames.jpg"), "wb") as ff, \
                 open(tmp / "landmarks.f16", "wb") as lf, open(tmp / "mels.f32", "wb") as mf:
-            for clip in sorted(clips, key=lambda c: c["clip_id"]):
+            for clip in clips:
                 n = len(clip["landmarks"])
                 if storage == "raw":
                     ff.write(np.ascontiguousarray(clip["frames"], np.uint8).tobytes())
@@ -73,7 +77,8 @@ def write_shard(out_dir: Path, clips: list[dict], size: int, storage: str, failu
                 m_off += len(clip["mel"])
         if storage == "jpeg":
             np.save(tmp / "frames_jpg.npy", np.array(jpeg_offsets, np.int64))
-        pd.DataFrame(rows).to_parquet(tmp / "clips.parquet", index=False)
+        table = pd.DataFrame(rows) if rows else pd.DataFrame(columns=CLIP_COLUMNS)
+        table.to_parquet(tmp / "clips.parquet", index=False)
         failures.to_parquet(tmp / "failures.parquet", index=False)
         files = sorted(p.name for p in tmp.iterdir())
         meta = {"size": size, "storage": storage, "clips": len(rows), "frames": f_off, "mel_frames": m_off,

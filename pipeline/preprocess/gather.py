@@ -34,18 +34,26 @@ def run(view: dict) -> dict:
             raise PipelineError(f"{shard} was made with size {meta['size']}/{meta['storage']}, params say "
                                 f"{cfg['img_size']}/{cfg['storage']}: re-run preprocessing")
         clips = pd.read_parquet(shard / "clips.parquet")
-        clips.insert(1, "shard", k)
+        clips["shard"] = k
         parts.append(clips)
         f = pd.read_parquet(shard / "failures.parquet")
-        f.insert(1, "shard", k)
+        f["shard"] = k
         fails.append(f)
         frames += meta["frames"]
     index = pd.concat(parts, ignore_index=True).sort_values("clip_id", ignore_index=True) if parts else pd.DataFrame()
+    for f in fails:
+        f["stage"] = "preprocess"
+    rejects_path = paths.rejects(dataset)
+    if rejects_path.is_file():  # clips the index stage already refused: every skipped clip in one table
+        rejected = pd.read_parquet(rejects_path)[["clip_id", "split", "reason"]]
+        rejected["stage"] = "index"
+        fails.append(rejected)
     failures = pd.concat(fails, ignore_index=True).sort_values("clip_id", ignore_index=True)
     write_parquet_atomic(failures, paths.processed_failures(dataset))
     write_parquet_atomic(index, paths.processed_index(dataset))
     reasons = failures["reason"].str.split(":").str[0].value_counts().to_dict() if len(failures) else {}
-    metrics = {"clips": len(index), "rejected": len(failures), "frames": int(frames),
+    metrics = {"clips": len(index), "rejected": len(failures),
+               "rejected_by_index": int((failures["stage"] == "index").sum()) if len(failures) else 0, "frames": int(frames),
                "multi_face_clips": int(index["multi_face"].sum()) if len(index) else 0,
                "resampled_clips": int(index["resampled"].sum()) if len(index) else 0,
                "trimmed_clips": int(index["trimmed"].sum()) if len(index) else 0,

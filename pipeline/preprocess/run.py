@@ -30,6 +30,8 @@ from . import crops, faces
 
 log = logging.getLogger("pipeline.preprocess")
 SAMPLES_PER_FRAME = audio_io.SAMPLE_RATE // 25  # 640
+# the params that change what a finished clip holds (the resumable work is keyed on them only)
+CLIP_KEYS = ("img_size", "storage", "jpeg_quality", "max_faces", "max_gap", "smooth_window", "min_frames")
 
 
 def shard_of(clip_id: str, n_shards: int) -> int:
@@ -117,6 +119,11 @@ def _work_on(args) -> tuple[str, str, int]:
     except Rejected as exc:
         payload = {"kind": np.array("reject"), "clip_id": np.array(row["clip_id"]), "reason": np.array(str(exc))}
         result = ("reject", str(exc), 0)
+    except Exception as exc:  # anything unforeseen rejects this clip, never the shard
+        reason = f"error: {type(exc).__name__}: {exc} ({row['video_path']})"
+        log.warning("clip %s: %s", row["clip_id"], reason)
+        payload = {"kind": np.array("reject"), "clip_id": np.array(row["clip_id"]), "reason": np.array(reason)}
+        result = ("reject", reason, 0)
     with open(tmp, "wb") as fh:
         np.savez(fh, **payload)
     os.replace(tmp, target)
@@ -147,7 +154,8 @@ def run(view: dict, shard: int) -> dict:
         raise PipelineError(f"{manifest_path} not found: run the index stage first")
     manifest = pd.read_parquet(manifest_path)
     rows = [r for r in manifest.to_dict("records") if shard_of(r["clip_id"], n_shards) == shard]
-    fp = fingerprint(view, [manifest_path] + [Path(p) for p in _code_files()])
+    per_clip = {k: cfg[k] for k in CLIP_KEYS}  # raising max_reject_fraction keeps the finished clips
+    fp = fingerprint(per_clip, [manifest_path] + [Path(p) for p in _code_files()])
     work = paths.work_dir("preprocess", fp) / f"shard-{shard}"
     work.mkdir(parents=True, exist_ok=True)
     todo = [r for r in rows if not _clip_file(work, r["clip_id"]).exists()]
@@ -166,15 +174,21 @@ def run(view: dict, shard: int) -> dict:
                 frames_done += n
                 bar.update(1)
     seconds = time.time() - started
-    clips, failures = [], []
-    for r in rows:
-        clip, failure = _load_finished(_clip_file(work, r["clip_id"]))
-        if clip is not None:
-            clip["meta"].update(split=r["split"], word=r["word"], speaker=r["speaker"])
-            clips.append(clip)
-        else:
-            failure["split"] = r["split"]
-            failures.append(failure)
+    rows.sort(key=lambda r: r["clip_id"])
+    failures = []
+    for r in rows:  # first pass: only the small reject records
+        with np.load(_clip_file(work, r["clip_id"]), allow_pickle=True) as z:
+            if str(z["kind"]) == "reject":
+                failures.append({"clip_id": r["clip_id"], "split": r["split"], "reason": str(z["reason"])})
+    failed = {f["clip_id"] for f in failures}
+
+    def finished():  # second pass: one clip in memory at a time, in clip_id order
+        for r in rows:
+            if r["clip_id"] not in failed:
+                clip, _ = _load_finished(_clip_file(work, r["clip_id"]))
+                clip["meta"].update(split=r["split"], word=r["word"], speaker=r["speaker"])
+                yield clip
+
     fail_df = pd.DataFrame(failures, columns=["clip_id", "split", "reason"])
     for f in failures[:20]:
         log.warning("rejected %s: %s", f["clip_id"], f["reason"])
@@ -185,7 +199,7 @@ def run(view: dict, shard: int) -> dict:
             f"shard {shard}: {len(failures)} of {len(rows)} clips rejected ({fraction:.0%} > "
             f"preprocess.max_reject_fraction {cfg['max_reject_fraction']:.0%}); reasons: {reasons}. "
             f"Finished clips are kept in {work} for the re-run.")
-    meta = store.write_shard(paths.processed_shard(dataset, shard), clips, cfg["img_size"], cfg["storage"], fail_df)
+    meta = store.write_shard(paths.processed_shard(dataset, shard), finished(), cfg["img_size"], cfg["storage"], fail_df)
     shutil.rmtree(work, ignore_errors=True)
     per_core = frames_done / max(1e-9, seconds) / n_workers
     summary = {"clips": meta["clips"], "rejected": meta["rejected"], "frames": meta["frames"],

@@ -122,6 +122,15 @@ def all_mean(rt: Runtime, value: float) -> float:
     return float(t.item()) / rt.world_size
 
 
+def any_rank(rt: Runtime, flag: bool) -> bool:
+    """True on every rank when it is true on any (so all ranks stop at the same step)."""
+    if not rt.distributed:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=rt.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
 def run_workers(fn, processes: int, *args) -> None:
     """Run fn(rank, world_size, *args) in `processes` DDP workers, unless a launcher (torchrun,
     srun) already started this process as one of them."""

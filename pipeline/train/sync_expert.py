@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -41,8 +42,10 @@ def collate(samples):
 def evaluate(model, val: SyncDataset, n: int, rt: loop.Runtime, batch: int = 128) -> dict:
     model.eval()
     probs, labels, voiced = [], [], []
+    # a fixed, seeded subset spread over every val clip (the pairs are ordered by clip)
+    order = np.random.default_rng(val.seed).permutation(len(val))[:n]
     for start in range(0, n, batch):
-        f, m, y, v = collate([val[i] for i in range(start, min(n, start + batch))])
+        f, m, y, v = collate([val[int(i)] for i in order[start:start + batch]])
         with loop.autocast(rt):
             a, e = model(m.to(rt.device), f.to(rt.device))
         probs.append(sync_probability(a.float(), e.float()).cpu())
@@ -90,6 +93,8 @@ def train_worker(rank: int, world: int, view: dict, work: str, tracker) -> None:
         opt.load_state_dict(state["optimiser"])
         step, history, best = state["step"], state["history"], state["best"]
         loop.set_rng_state(state["rng"])
+        if rt.scaler is not None and state.get("scaler"):
+            rt.scaler.load_state_dict(state["scaler"])
         if rank == 0:
             log.info("resuming from %s at step %d", ckpt_path, step)
     net = torch.nn.parallel.DistributedDataParallel(model) if rt.distributed else model
@@ -100,14 +105,15 @@ def train_worker(rank: int, world: int, view: dict, work: str, tracker) -> None:
         if rt.is_main:
             loop.save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimiser": opt.state_dict(), "step": step,
                                              "history": history, "best": best, "rng": loop.rng_state(),
-                                             "config": model.config()})
+                                             "config": model.config(),
+                                             "scaler": rt.scaler.state_dict() if rt.scaler is not None else None})
 
     started = time.time()
     try:
-        while step < cfg["max_steps"]:
-            if stop:
+        while step < cfg["max_steps"] and not best.get("stopped"):
+            if loop.any_rank(rt, bool(stop)):  # every rank stops at the same step
                 checkpoint()
-                raise loop.Preempted(stop.signal, step)
+                raise loop.Preempted(stop.signal or signal.SIGTERM, step)
             lr = cfg["lr"] * min(1.0, (step + 1) / max(1, cfg["warmup_steps"]))
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -144,6 +150,8 @@ def train_worker(rank: int, world: int, view: dict, work: str, tracker) -> None:
             if "val_loss" in row:
                 checkpoint()
                 if best["evals_since"] >= cfg["patience"]:
+                    best["stopped"] = True  # a re-run after this point does not train on
+                    checkpoint()
                     if rt.is_main:
                         log.info("validation loss has not improved for %d evaluations: stopping", cfg["patience"])
                     break
@@ -164,7 +172,11 @@ def run(view: dict, tracker=None) -> dict:
     train, val = _datasets(view)  # fail early on a missing store
     ds = view["data"]["dataset"]
     shards = sorted(paths.processed_shards(ds).glob("shard-*/meta.json"))  # checksums of the crops
-    fp = fingerprint(view, [paths.processed_index(ds), *shards] + _code_files())
+    # keys that only say how long or how to run do not invalidate the checkpoint: raising
+    # max_steps continues the run instead of restarting it
+    keyed = {**view, "sync_expert": {k: v for k, v in cfg.items()
+                                     if k not in ("max_steps", "patience", "processes", "log_every", "amp")}}
+    fp = fingerprint(keyed, [paths.processed_index(ds), *shards] + _code_files())
     work = paths.work_dir("train_sync_expert", fp)
     work.mkdir(parents=True, exist_ok=True)
     (work / "done.json").unlink(missing_ok=True)

@@ -62,6 +62,7 @@ rule preprocess:
 rule gather:
     input:
         shards=SHARDS,
+        rejects=str(paths.rejects(DATASET)),
         code=stage_code("gather"),
     output:
         index=str(paths.processed_index(DATASET)),
