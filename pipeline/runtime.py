@@ -34,7 +34,7 @@ def workers(requested: int) -> int:
     return requested if requested > 0 else available_cores()
 
 
-def setup_logging(log_file: str | None) -> None:
+def setup_logging(log_file: str | None, append: bool = False) -> None:
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     root = logging.getLogger("pipeline")
     root.setLevel(logging.INFO)
@@ -43,8 +43,12 @@ def setup_logging(log_file: str | None) -> None:
     err.setFormatter(fmt)
     root.addHandler(err)
     if log_file:
+        os.environ["PIPELINE_LOG_FILE"] = str(Path(log_file).resolve())  # for spawned DDP workers
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(log_file, mode="w", encoding="utf-8")
+        if not append:
+            open(log_file, "w").close()
+        # append mode (O_APPEND) for every writer, so DDP workers and the parent never overwrite each other
+        fh = logging.FileHandler(log_file, mode="a", encoding="utf-8")
         fh.setFormatter(fmt)
         root.addHandler(fh)
 

@@ -62,13 +62,14 @@ def test_ddp_two_gloo_processes(in_project, tmp_path):
     assert json.loads((work / "done.json").read_text())["step"] == 4
 
 
-def test_stage_writes_model_metrics_plot_and_survives_sigterm(processed, tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_stage_writes_model_metrics_plot_and_survives_sigterm(processed, tmp_path, processes):
     work, params = processed
     proj = tmp_path / "proj"
     proj.mkdir()
     os.symlink(work / "data", proj / "data")
     p = dict(params)
-    p["sync_expert"] = tiny_view(proj, max_steps=60, eval_every=20)["sync_expert"]
+    p["sync_expert"] = tiny_view(proj, max_steps=60, eval_every=20, processes=processes)["sync_expert"]
     (proj / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "train_sync_expert"], cwd=proj, env=env,

@@ -143,10 +143,32 @@ def run_workers(fn, processes: int, *args) -> None:
     os.environ["MASTER_PORT"] = str(free_port())
     import torch.multiprocessing as tmp
 
-    tmp.spawn(_spawned, args=(processes, fn, args), nprocs=processes, join=True)
+    ctx = tmp.spawn(_spawned, args=(processes, fn, args), nprocs=processes, join=False)
+    received: list[int] = []
+
+    def forward(signum, frame):  # preemption: every worker checkpoints and stops at the same step
+        received.append(signum)
+        for proc in ctx.processes:
+            if proc.is_alive():
+                os.kill(proc.pid, signum)
+
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        while not ctx.join():
+            pass
+    except tmp.ProcessRaisedException as exc:
+        if received and "Preempted" in str(exc):
+            raise Preempted(received[0], -1) from None
+        raise
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def _spawned(rank: int, world: int, fn, args) -> None:
+    from ..runtime import setup_logging
+
+    setup_logging(os.environ.get("PIPELINE_LOG_FILE"), append=True)  # workers log where the stage logs
     fn(rank, world, *args)
 
 
@@ -222,6 +244,7 @@ class Preempted(Exception):
     """Raised after the checkpoint is written; the CLI exits with 128 + the signal number."""
 
     def __init__(self, signum: int, step: int):
-        super().__init__(f"stopped by signal {signum} at step {step}; checkpoint saved, re-run to continue")
+        at = f" at step {step}" if step >= 0 else ""
+        super().__init__(f"stopped by signal {signum}{at}; checkpoint saved, re-run to continue")
         self.signum = signum
         self.step = step
