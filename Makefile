@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 
 run: $(VENV)/.installed
 	$(BIN)/snakemake --cores $(CORES) --profile workflow/profiles/default
-	@echo "Outputs: data/manifests/ ; runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db"
+	@echo "Outputs: data/processed/, models/sync_expert/, data/sync_check/, metrics/ ; runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db"
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
