@@ -15,10 +15,15 @@ configfile: "params.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/sync.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:
     input:
         rules.gather.output,
         rules.sync_check.output,
+        expand(rules.train_generator.output.model, variant=VARIANTS),
+        rules.evaluate.output,
+        rules.demo.output,
+        rules.report.output,
     default_target: True

@@ -20,7 +20,12 @@ RUNNERS = {
     "gather": "pipeline.preprocess.gather",
     "train_sync_expert": "pipeline.train.sync_expert",
     "sync_check": "pipeline.train.sync_check",
+    "train_generator": "pipeline.train.generator",
+    "evaluate": "pipeline.evaluate.run",
+    "demo": "pipeline.evaluate.demo",
+    "report": "pipeline.evaluate.report",
 }
+VARIANTS = ("memory", "no_memory")
 
 
 def _stage_inputs(stage: str, view: dict, args) -> list:
@@ -37,6 +42,13 @@ def _stage_inputs(stage: str, view: dict, args) -> list:
         return [paths.processed_index(ds), *shard_metas]
     if stage == "sync_check":
         return [paths.processed_index(ds), *shard_metas, paths.model_dir("sync_expert") / "expert.pt"]
+    if stage == "train_generator":
+        return [paths.processed_index(ds), *shard_metas, paths.model_dir("sync_expert") / "expert.pt",
+                paths.sync_check_dir(ds) / "offsets.parquet"]
+    if stage == "evaluate":
+        return [paths.processed_index(ds), *shard_metas, paths.model_dir("sync_expert") / "expert.pt",
+                paths.sync_check_dir(ds) / "offsets.parquet",
+                *[paths.model_dir("generator") / v / "generator.pt" for v in view["generator"]["variants"]]]
     return []
 
 
@@ -57,16 +69,22 @@ def _run_stage(name: str, args) -> int:
     runtime.setup_logging(args.log)
     module = importlib.import_module(RUNNERS[name])
     extra = {"shard": args.shard} if name == "preprocess" else {}
+    run_name = f"{name}-{args.shard}" if name == "preprocess" else name
+    if name == "train_generator":
+        extra = {"variant": args.variant}
+        view = {**view, "variant": args.variant}  # each variant is its own run (and fingerprint)
+        run_name = f"{name}-{args.variant}"
     ds = params["data"]["dataset"]
     tags = {"device": _device_tag(), **({"shard": str(args.shard)} if name == "preprocess" else {})}
-    run_name = f"{name}-{args.shard}" if name == "preprocess" else name
     started = time.time()
     if name == "acquire":  # its inputs are made by the stage itself: fingerprint afterwards
         summary = module.run(view, **extra)
         fp = runtime.fingerprint(view, [])
         with tracking.stage_run(name, ds, view, fp, tags=tags, label=run_name) as tracker:
             pass
-    elif name == "preprocess":  # shard jobs run in parallel: gather is the stage's one MLflow writer
+    elif name == "preprocess" or runtime.launcher_rank() != 0:
+        # shard jobs run in parallel (gather is the stage's one MLflow writer); under torchrun or
+        # srun only rank 0 writes the run
         summary = module.run(view, **extra)
         tracker = None
     else:
@@ -124,6 +142,31 @@ def _validate(args) -> int:
     return 0
 
 
+def _infer(args) -> int:
+    from pathlib import Path
+
+    from . import runtime
+    from .infer import default_checkpoint, infer
+
+    runtime.setup_logging(args.log)
+    summary = infer(Path(args.face), Path(args.audio), Path(args.checkpoint or default_checkpoint()), Path(args.output),
+                    batch=args.batch)
+    line = (f"infer: {args.output}: {summary['frames']} frames ({summary['seconds_of_audio']} s) in "
+            f"{summary['wall_seconds']} s, {summary['frames_per_second']} frames/s; "
+            f"{summary['frames_without_face']} frames without a face copied through")
+    log.info(line)
+    print(line)
+    return 0
+
+
+def _compare(args) -> int:
+    from .evaluate.compare import render, runs_table
+
+    table, same = runs_table(args.experiment, args.stage, args.last)
+    print(render(table, same, args.format))
+    return 0
+
+
 def _stages(args) -> int:
     for spec in STAGES.values():
         print(f"{spec.name:10s} params: {', '.join(spec.params)}")
@@ -141,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--log", default=None, help="also write the log to this file")
         if spec.name == "preprocess":
             p.add_argument("--shard", type=int, required=True, help="the shard to process (one of preprocess.shards)")
+        if spec.name == "train_generator":
+            p.add_argument("--variant", required=True, choices=VARIANTS,
+                           help="memory (SyncTalkFace) or no_memory (the ablation); one of generator.variants")
         p.set_defaults(func=lambda a, n=spec.name: _run_stage(n, a))
     p = sub.add_parser("preset", help="merge workflow/presets/NAME.yaml into params.yaml and validate")
     p.add_argument("name", help=f"one of: {', '.join(config.preset_names())}")
@@ -153,6 +199,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check params.yaml against the schema")
     p.add_argument("--params", default="params.yaml")
     p.set_defaults(func=_validate)
+    p = sub.add_parser("infer", help="lip-sync a face video or photo to a speech file (an mp4 out)")
+    p.add_argument("--face", required=True, help="a video (any fps) or a still image with a face")
+    p.add_argument("--audio", required=True, help="speech: wav/mp3/m4a or a video's audio track")
+    p.add_argument("--checkpoint", default=None, help="generator checkpoint (default models/generator/memory/generator.pt)")
+    p.add_argument("-o", "--output", required=True, help="the output .mp4")
+    p.add_argument("--batch", type=int, default=32, help="frames generated per batch")
+    p.add_argument("--log", default=None)
+    p.set_defaults(func=_infer)
+    p = sub.add_parser("compare", help="MLflow runs side by side: params that differ, final metrics")
+    p.add_argument("--experiment", default=None, help="experiment name (default: every synctalkface-* experiment)")
+    p.add_argument("--stage", default=None, help="only runs of this stage (e.g. train_generator)")
+    p.add_argument("--last", type=int, default=6, help="the newest N runs (default 6)")
+    p.add_argument("--format", choices=("markdown", "csv"), default="markdown")
+    p.set_defaults(func=_compare)
     p = sub.add_parser("stages", help="list the stages, the params and the code each depends on")
     p.set_defaults(func=_stages)
     return parser

@@ -69,3 +69,15 @@ def plot(stage: str) -> Path:
 
 def sync_check_dir(dataset: str) -> Path:
     return Path("data/sync_check") / dataset
+
+
+def eval_dir() -> Path:
+    return Path("reports/eval")
+
+
+def report_dir() -> Path:
+    return Path("reports/html")
+
+
+def demo_dir() -> Path:
+    return Path("reports/demo")

@@ -30,6 +30,16 @@ def available_cores() -> int:
     return max(1, n)
 
 
+def launcher_rank() -> int:
+    """This process's rank when torchrun or srun started several (0 otherwise): only rank 0
+    writes outputs and MLflow runs (DESIGN §7)."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["RANK"])
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
+        return int(os.environ["SLURM_PROCID"])
+    return 0
+
+
 def workers(requested: int) -> int:
     return requested if requested > 0 else available_cores()
 
@@ -86,4 +96,19 @@ def write_parquet_atomic(df, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def write_curves_csv(rows: list[dict], fields: list[str], path: str | Path) -> None:
+    """Per-step curves for `dvc plots` (floats rounded to 6 digits, missing values empty)."""
+    import csv
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: (round(row[k], 6) if isinstance(row.get(k), float) else row.get(k, "")) for k in fields})
     os.replace(tmp, path)

@@ -77,6 +77,8 @@ def tiny_params(**embedded) -> dict:
     p["data"]["embedded"].update(train_clips=4, val_clips=1, test_clips=2, n_words=3, **embedded)
     p["sync_expert"].update(width=0.0625, batch_size=16, windows_per_clip=4, max_steps=10, eval_every=5,
                             val_samples=16, warmup_steps=2)
+    p["generator"].update(width=0.125, batch_size=2, max_steps=4, eval_every=2, checkpoint_every=2, gan_warmup=2,
+                          val_samples=4, log_every=1)
     return p
 
 
@@ -183,3 +185,27 @@ def processed(embedded_corpus, tmp_path_factory):
     return work, params
 
 
+
+
+def expert_params(params: dict) -> dict:
+    """The processed LRW copy's params with a small expert that learns its train clips."""
+    p = dict(params)
+    p["sync_expert"] = {**params["sync_expert"], **dict(
+        width=0.125, batch_size=32, windows_per_clip=8, max_steps=300, eval_every=100, lr=1e-3, augment=False,
+        patience=10, val_samples=16, log_every=1, warmup_steps=2)}
+    return p
+
+
+@pytest.fixture(scope="session")
+def expert_project(processed, tmp_path_factory):
+    """The processed LRW copy with a trained expert and sync_check's table (the generator's
+    inputs): (project folder, params)."""
+    work, params = processed
+    proj = tmp_path_factory.mktemp("expert") / "proj"
+    proj.mkdir()
+    os.symlink(work / "data", proj / "data")
+    p = expert_params(params)
+    (proj / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    run_cli(["train_sync_expert"], cwd=proj, check=True)
+    run_cli(["sync_check"], cwd=proj, check=True)
+    return proj, p

@@ -45,7 +45,8 @@ def test_cli_exits_2_and_writes_nothing_on_bad_params(tmp_path):
     params["index"]["min_frames"] = -3
     write(tmp_path, params)
     for stage in STAGES:
-        proc = run_cli([stage] + (["--shard", "0"] if stage == "preprocess" else []), cwd=tmp_path)
+        extra = {"preprocess": ["--shard", "0"], "train_generator": ["--variant", "memory"]}.get(stage, [])
+        proc = run_cli([stage] + extra, cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
         assert "index.min_frames" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

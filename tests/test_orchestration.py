@@ -105,13 +105,16 @@ def test_snakemake_and_dvc_run_the_same_graph(repo_copy, dataset):
         s, d = smk[name], dvc[name]
         assert s["cmd"] == d["cmd"], name
         smk_inputs = s["inputs"]
-        if f"data/processed/{ds}/shards" in d["inputs"]:
-            # the one planned difference: DVC depends on the shards' folder as a whole (its
-            # templating cannot expand a list into deps); Snakemake lists every shard in it
-            shards = [f"data/processed/{ds}/shards/shard-{k}" for k in range(len(yaml.safe_load(
-                (repo_copy / "params.yaml").read_text())["preprocess"]["shards"]))]
-            assert [i for i in smk_inputs if "/shards/" in i] == shards, name
-            smk_inputs = sorted([i for i in smk_inputs if "/shards/" not in i] + [f"data/processed/{ds}/shards"])
+        # the planned differences: where DVC depends on a folder as a whole (its templating cannot
+        # expand a list into deps), Snakemake lists every file or folder in it one by one
+        p = yaml.safe_load((repo_copy / "params.yaml").read_text())
+        folders = {f"data/processed/{ds}/shards": [f"data/processed/{ds}/shards/shard-{k}" for k in p["preprocess"]["shards"]],
+                   "models/generator": [f"models/generator/{v}" for v in p["generator"]["variants"]],
+                   "plots": ["plots/train_sync_expert.csv"] + [f"plots/train_generator_{v}.csv" for v in p["generator"]["variants"]]}
+        for folder, members in folders.items():
+            if folder in d["inputs"]:
+                assert sorted(i for i in smk_inputs if i.startswith(folder + "/")) == sorted(members), (name, folder)
+                smk_inputs = sorted([i for i in smk_inputs if not i.startswith(folder + "/")] + [folder])
         assert smk_inputs == d["inputs"], name
         assert s["params"] == d["params"], name
         assert d["params_files"] == ["params.yaml"], name
@@ -166,7 +169,7 @@ def test_snakemake_caches_and_reruns_only_what_changed(repo_copy):
     params = tiny_params()
     params["preprocess"]["smooth_window"] = 3
     set_params(repo_copy, params)
-    assert jobs_planned(repo_copy) == {"preprocess", "gather", "train_sync_expert", "sync_check"}
+    assert jobs_planned(repo_copy) == {"preprocess", "gather", "train_sync_expert", "sync_check", "train_generator"}
     run(["snakemake", "--cores", "2"], repo_copy)
     assert (repo_copy / "data/raw/embedded/source.json").stat().st_mtime_ns == record_mtime
     assert (repo_copy / "data/manifests/embedded.parquet").stat().st_mtime_ns == manifest_mtime
@@ -175,24 +178,32 @@ def test_snakemake_caches_and_reruns_only_what_changed(repo_copy):
     # a stage's own source file
     code = repo_copy / "pipeline/preprocess/gather.py"
     code.write_text(code.read_text() + "\n# edited\n")
-    assert jobs_planned(repo_copy) == {"gather", "train_sync_expert", "sync_check"}
+    assert jobs_planned(repo_copy) == {"gather", "train_sync_expert", "sync_check", "train_generator"}
+    run(["snakemake", "--cores", "2"], repo_copy)
+
+    # a param of sync_check: that stage and the generators it feeds
+    params["sync_check"]["max_offset"] = 2
+    set_params(repo_copy, params)
+    assert jobs_planned(repo_copy) == {"sync_check", "train_generator"}
     run(["snakemake", "--cores", "2"], repo_copy)
 
     # a param of the last stage: that stage alone
-    params["sync_check"]["max_offset"] = 2
+    params["generator"]["gan_warmup"] = 1
     set_params(repo_copy, params)
-    assert jobs_planned(repo_copy) == {"sync_check"}
+    assert jobs_planned(repo_copy) == {"train_generator"}
     run(["snakemake", "--cores", "2"], repo_copy)
 
     # a param of index: index and what depends on it
     params["index"]["min_frames"] = 10
     set_params(repo_copy, params)
-    assert jobs_planned(repo_copy) == {"index", "preprocess", "gather", "train_sync_expert", "sync_check"}
+    assert jobs_planned(repo_copy) == {"index", "preprocess", "gather", "train_sync_expert", "sync_check",
+                                       "train_generator"}
 
     # a param of acquire: everything
     params["data"]["embedded"]["seed"] = 1
     set_params(repo_copy, params)
-    assert jobs_planned(repo_copy) == {"acquire", "index", "preprocess", "gather", "train_sync_expert", "sync_check"}
+    assert jobs_planned(repo_copy) == {"acquire", "index", "preprocess", "gather", "train_sync_expert", "sync_check",
+                                       "train_generator"}
 
     # an override that would bypass params.yaml is refused, with the way to apply it
     proc = run(["snakemake", "--cores", "1", "--dry-run", "--config", "index={'min_frames': 12}"], repo_copy, check=False)
@@ -234,6 +245,7 @@ def test_dvc_caches_and_reruns_only_what_changed(repo_copy, tmp_path):
     out = run(["dvc", "repro"], repo_copy).stdout
     assert "Running stage 'preprocess@0'" in out and "Running stage 'gather'" in out
     assert "Running stage 'train_sync_expert'" in out and "Running stage 'sync_check'" in out
+    assert "Running stage 'train_generator@memory'" in out and "Running stage 'train_generator@no_memory'" in out
     assert "Running stage 'acquire'" not in out and "Running stage 'index'" not in out
 
     code = repo_copy / "pipeline/data/manifest.py"
@@ -253,9 +265,84 @@ def test_dvc_caches_and_reruns_only_what_changed(repo_copy, tmp_path):
     run(["snakemake", "--cores", "2"], other)
     for table in ("data/manifests/embedded.parquet", "data/processed/embedded/index.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(repo_copy / table), pd.read_parquet(other / table))
-    for table in ("metrics/train_sync_expert.json", "metrics/sync_check.json"):  # seeded CPU training
+    for table in ("metrics/train_sync_expert.json", "metrics/sync_check.json",  # seeded CPU training
+                  "metrics/train_generator_memory.json", "metrics/train_generator_no_memory.json"):
         assert json.loads((repo_copy / table).read_text()) | {"train_seconds": 0} == \
             json.loads((other / table).read_text()) | {"train_seconds": 0}
     for k in (0, 1):
         meta = "data/processed/embedded/shards/shard-{}/meta.json".format(k)
         assert (repo_copy / meta).read_text() == (other / meta).read_text()  # same bytes, same checksums
+
+
+def stage_pids(root: Path, stage: str) -> list[int]:
+    """Process ids of `python -m pipeline <stage>` commands running in `root`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if b"pipeline" in cmd and stage.encode() in cmd and Path(cwd) == root.resolve():
+            pids.append(int(proc.name))
+    return pids
+
+
+def kill_after_checkpoint(root: Path, popen: subprocess.Popen, timeout: float = 300) -> int:
+    """SIGKILL the running train_generator stage once it has written a checkpoint; its step."""
+    import signal
+    import time
+
+    from pipeline.train import loop
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        ckpts = list(root.glob("work/train_generator/*/checkpoint.pt"))
+        pids = stage_pids(root, "train_generator")
+        if ckpts and pids:
+            step = loop.load_checkpoint(ckpts[0])["step"]
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            popen.wait(timeout=120)
+            return step
+        if popen.poll() is not None:
+            raise AssertionError(f"finished before it could be killed:\n{popen.stdout.read()[-3000:]}")
+        time.sleep(0.2)
+    raise AssertionError("no checkpoint appeared")
+
+
+@pytest.mark.slow
+def test_a_killed_generator_continues_under_snakemake_and_under_dvc(repo_copy):
+    params = tiny_params()
+    params["generator"].update(variants=["memory"], max_steps=24, checkpoint_every=2, eval_every=12)
+    set_params(repo_copy, params)
+    subprocess.run(["git", "commit", "-qam", "tiny"], cwd=repo_copy, env=git_env(), check=True)
+    exe = lambda *cmd: [str(venv_bin() / cmd[0]), *cmd[1:]]
+    smk = subprocess.Popen(exe("snakemake", "--cores", "2"), cwd=repo_copy, env=tool_env(repo_copy),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed_at = kill_after_checkpoint(repo_copy, smk)
+    assert smk.returncode != 0 and 2 <= killed_at < 24
+    run(["snakemake", "--cores", "2"], repo_copy)
+    log = (repo_copy / "logs/train_generator-memory.log").read_text()
+    assert f"at step {killed_at}" in log.split("resuming memory from")[1]
+    metrics = json.loads((repo_copy / "metrics/train_generator_memory.json").read_text())
+    assert metrics["steps"] == 24
+    assert jobs_planned(repo_copy) == set()
+
+    # DVC: record what Snakemake made, change the generator's params, kill, re-run
+    run(["dvc", "commit", "-f"], repo_copy)
+    params["generator"]["lr_g"] = 2e-4
+    set_params(repo_copy, params)
+    assert dvc_changed(repo_copy) == {"train_generator@memory"}
+    repro = subprocess.Popen(exe("dvc", "repro"), cwd=repo_copy, env=tool_env(repo_copy),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed_at = kill_after_checkpoint(repo_copy, repro)
+    assert repro.returncode != 0
+    out = run(["dvc", "repro"], repo_copy).stdout
+    assert "Running stage 'train_generator@memory'" in out and "Running stage 'sync_check'" not in out
+    log = (repo_copy / "logs/train_generator-memory.log").read_text()
+    assert f"at step {killed_at}" in log.split("resuming memory from")[-1]
+    assert json.loads((repo_copy / "metrics/train_generator_memory.json").read_text())["steps"] == 24
+    assert dvc_changed(repo_copy) == set()

@@ -94,19 +94,10 @@ def test_stage_writes_model_metrics_plot_and_survives_sigterm(processed, tmp_pat
     assert not list(proj.glob("work/train_sync_expert/*"))
 
 
-def test_sync_check_finds_a_delayed_clip(processed, tmp_path):
+def test_sync_check_finds_a_delayed_clip(expert_project):
     """The expert learns the train clips; a copy of one with its audio delayed by 5 frames (in
     the test split) is found at offset +5 and excluded, the original at 0 and kept."""
-    work, params = processed
-    proj = tmp_path / "proj"
-    proj.mkdir()
-    os.symlink(work / "data", proj / "data")
-    p = dict(params)
-    p["sync_expert"] = tiny_view(proj, width=0.125, batch_size=32, windows_per_clip=8, max_steps=300,
-                                 eval_every=100, lr=1e-3, augment=False, patience=10)["sync_expert"]
-    (proj / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    run_cli(["train_sync_expert"], cwd=proj, check=True)
-    run_cli(["sync_check"], cwd=proj, check=True)
+    proj, _ = expert_project
     table = pd.read_parquet(proj / "data/sync_check/lrw/offsets.parquet").set_index("clip_id")
     delayed = table[[c.endswith("_00950") for c in table.index]].iloc[0]
     word = delayed.name.split("/")[0]

@@ -87,6 +87,20 @@ def setup(amp: bool = True, rank: int | None = None, world_size: int | None = No
     return rt
 
 
+def worker_setup(amp: bool, rank: int, world: int) -> Runtime:
+    """A training worker's runtime: rank `rank` of `world` when the stage spawned its workers
+    (else the launcher's, or a single process), and its share of this job's cores."""
+    from ..runtime import available_cores
+
+    if launcher_env() is not None:  # torchrun / srun: rank, world size and local rank from them
+        rt = setup(amp=amp)
+    else:
+        rt = setup(amp=amp, rank=rank if world > 1 else None, world_size=world if world > 1 else None,
+                   local_rank=rank)
+    torch.set_num_threads(max(1, available_cores() // rt.world_size))
+    return rt
+
+
 def teardown(rt: Runtime) -> None:
     if rt.distributed and dist.is_initialized():
         dist.destroy_process_group()
@@ -98,20 +112,27 @@ def autocast(rt: Runtime):
     return torch.autocast(device_type=rt.device.type, dtype=rt.amp_dtype)
 
 
-def backward_step(rt: Runtime, loss: torch.Tensor, optimiser, params=None, clip: float | None = None) -> None:
+def backward_step(rt: Runtime, loss: torch.Tensor, optimiser, params=None, clip: float | None = None,
+                  scaler=None) -> float:
+    """One optimiser step (scaled when fp16 needs it); returns the gradient norm before clipping
+    when `clip` is set, else nan. `scaler` overrides the runtime's (a second network's own)."""
+    scaler = scaler if scaler is not None else rt.scaler
     optimiser.zero_grad(set_to_none=True)
-    if rt.scaler is not None:
-        rt.scaler.scale(loss).backward()
-        rt.scaler.unscale_(optimiser)
+    norm = float("nan")
+    params = list(params) if params is not None else None
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimiser)
         if clip:
-            torch.nn.utils.clip_grad_norm_(params, clip)
-        rt.scaler.step(optimiser)
-        rt.scaler.update()
+            norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        scaler.step(optimiser)
+        scaler.update()
     else:
         loss.backward()
         if clip:
-            torch.nn.utils.clip_grad_norm_(params, clip)
+            norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
         optimiser.step()
+    return norm
 
 
 def all_mean(rt: Runtime, value: float) -> float:

@@ -9,7 +9,6 @@ exactly from work/train_sync_expert/<fingerprint>/ after a kill.
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -26,7 +25,7 @@ from ..data.datasets import SyncDataset, SyncGroups, augment_groups
 from ..errors import PipelineError
 from ..io.store import Store
 from ..models.syncnet import SyncNet, grouped_sync_losses, sync_probability
-from ..runtime import available_cores, fingerprint, write_json_atomic
+from ..runtime import fingerprint, launcher_rank, write_curves_csv, write_json_atomic
 from . import expert_io, loop
 
 log = logging.getLogger("pipeline.sync_expert")
@@ -76,9 +75,7 @@ def _datasets(view):
 
 def train_worker(rank: int, world: int, view: dict, work: str, tracker) -> None:
     cfg = view["sync_expert"]
-    rt = loop.setup(amp=cfg["amp"], rank=rank if world > 1 else None, world_size=world if world > 1 else None,
-                    local_rank=rank)
-    torch.set_num_threads(max(1, available_cores() // rt.world_size))
+    rt = loop.worker_setup(cfg["amp"], rank, world)
     work = Path(work)
     ckpt_path = work / "checkpoint.pt"
     train, val = _datasets(view)
@@ -182,6 +179,8 @@ def run(view: dict, tracker=None) -> dict:
     (work / "done.json").unlink(missing_ok=True)
     started = time.time()
     loop.run_workers(train_worker, cfg["processes"], view, str(work), tracker)
+    if launcher_rank() != 0:  # torchrun/srun started every rank: rank 0 alone writes the outputs
+        return {"rank": launcher_rank()}
     done = json.loads((work / "done.json").read_text())
     state = loop.load_checkpoint(work / "checkpoint.pt")
     history = state["history"]
@@ -207,14 +206,7 @@ def run(view: dict, tracker=None) -> dict:
 
 
 def _write_plot(history: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=PLOT_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        for row in history:
-            w.writerow({k: (round(row[k], 6) if isinstance(row.get(k), float) else row.get(k, "")) for k in PLOT_FIELDS})
-    os.replace(tmp, path)
+    write_curves_csv(history, PLOT_FIELDS, path)
 
 
 def _code_files() -> list[Path]:

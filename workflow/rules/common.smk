@@ -27,6 +27,9 @@ validate(config, "../schemas/params.schema.yaml", set_default=False)
 DATASET = config["data"]["dataset"]
 # every preprocess shard: the store that training reads (DVC depends on their folder as a whole)
 SHARDS = [str(paths.processed_shard(DATASET, k)) for k in config["preprocess"]["shards"]]
+# generator variants (the memory ablation) and the GPUs each training job asks for
+VARIANTS = config["generator"]["variants"]
+GPUS = config["generator"]["gpus"]
 
 
 def stage_code(stage):

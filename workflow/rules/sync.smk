@@ -43,3 +43,31 @@ rule sync_check:
         CONDA_ENV
     shell:
         stage_cmd("sync_check")
+
+
+rule train_generator:
+    input:
+        index=str(paths.processed_index(DATASET)),
+        shards=SHARDS,
+        expert=str(paths.model_dir("sync_expert")),
+        sync_check=str(paths.sync_check_dir(DATASET)),
+        code=stage_code("train_generator"),
+    output:
+        model=directory(str(paths.model_dir("generator") / "{variant}")),
+        metrics=str(paths.metrics("train_generator_{variant}")),
+        plot=str(paths.plot("train_generator_{variant}")),
+    params:
+        **stage_params("train_generator"),
+    log:
+        str(paths.log("train_generator-{variant}")),
+    benchmark:
+        "logs/benchmarks/train_generator-{variant}.tsv"
+    wildcard_constraints:
+        variant="|".join(VARIANTS),
+    threads: workflow.cores
+    resources:
+        gpus=GPUS,
+    conda:
+        CONDA_ENV
+    shell:
+        stage_cmd("train_generator", " --variant {wildcards.variant}")

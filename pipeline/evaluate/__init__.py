@@ -1,0 +1,1 @@
+"""Evaluation: metrics, LSE, the evaluate and report stages, run comparison."""

@@ -1,0 +1,218 @@
+"""The report stage: reports/html/index.html and its PNGs, one self-contained folder.
+
+A page to look at: the evaluation table (our systems, with the ground-truth row on top) and the
+published figures beside it, each marked whether it is comparable (it is not when the network
+that scores LSE, the landmarks of LMD or the data differ); the training curves of the sync expert
+and of each generator variant; sample frames (ground truth | composite | variants); the
+sync-check offset histogram; and the memory analysis (mean memory address per phoneme and per
+word, slot usage entropy).
+"""
+from __future__ import annotations
+
+import html
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from .. import paths
+from ..errors import PipelineError
+from ..io import ffmpeg
+from ..io.store import Store
+from ..runtime import write_json_atomic
+from . import memory_analysis
+
+ANCHORS = Path(__file__).with_name("anchors.yaml")
+SHOWN = ["psnr", "ssim", "psnr_mouth", "ssim_mouth", "lmd", "lse_d", "lse_c", "offset_abs"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def curves_png(csv_path: Path, columns: list[list[str]], title: str, out: Path) -> bool:
+    if not csv_path.is_file():
+        return False
+    df = pd.read_csv(csv_path)
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.2))
+    for ax, cols in zip(np.atleast_1d(axes), columns):
+        for c in cols:
+            if c in df and df[c].notna().any():
+                s = df[["step", c]].dropna()
+                ax.plot(s.step, s[c], label=c, marker="o" if len(s) < 30 else None, ms=3)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def sample_frames_png(video: Path, systems: list[str], out: Path, n: int = 6) -> bool:
+    """Frames of a side-by-side evaluation video (one row per sampled frame)."""
+    if not video.is_file():
+        return False
+    frames = ffmpeg.read_frames(video)
+    picks = np.linspace(2, len(frames) - 3, n).round().astype(int)
+    grid = np.concatenate([frames[i] for i in picks], axis=0)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(1.6 * len(systems), 1.6 * n * grid.shape[0] / grid.shape[1] * len(systems) / n))
+    ax.imshow(grid)
+    w = frames.shape[2] / len(systems)
+    ax.set_xticks([w * (k + 0.5) for k in range(len(systems))])
+    ax.set_xticklabels(systems, fontsize=8)
+    ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def anchors_html(lse_network: str, dataset: str) -> str:
+    if not ANCHORS.is_file():
+        return "<p>No published figures on file.</p>"
+    entries = yaml.safe_load(ANCHORS.read_text()) or []
+    parts = []
+    for e in entries:
+        reasons = []
+        if e.get("dataset", "").lower() != dataset:
+            reasons.append(f"their data: {e.get('dataset')}, ours: {dataset}")
+        if lse_network != "syncnet_v2":
+            reasons.append("our LSE is scored by our own expert, theirs by SyncNet v2")
+        reasons.append("their LMD uses dlib's 68 points, ours mediapipe's lip points")
+        rows = pd.DataFrame(e["rows"]).set_index("system")
+        parts.append(f"<h3>{html.escape(e['paper'])}: {html.escape(str(e.get('dataset')))} "
+                     f"<span class='nc'>not comparable</span></h3><p class='why'>{html.escape('; '.join(reasons))}. "
+                     f"Source: <a href='{html.escape(e.get('source', ''))}'>{html.escape(str(e.get('table', '')))}</a></p>"
+                     + rows.to_html(float_format=lambda v: f"{v:.3f}", na_rep="–", classes="tbl"))
+    return "\n".join(parts)
+
+
+def run(view: dict) -> dict:
+    ds = view["data"]["dataset"]
+    eval_dir = paths.eval_dir()
+    table_path = eval_dir / "eval_table.csv"
+    if not table_path.is_file():
+        raise PipelineError(f"{table_path} not found: run evaluate first")
+    out = paths.report_dir()
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    table = pd.read_csv(table_path).set_index("system")
+    network = str(table.lse_network.iloc[0])
+    variants = list(view["generator"]["variants"])
+    sections = []
+
+    shown = table[[c for c in SHOWN if c in table]]
+    sections.append(("Evaluation on the test split", f"<p>LSE-D/LSE-C scored by <b>{html.escape(network)}</b>"
+                     f"{' (the project’s own sync expert: not the published SyncNet v2, so not comparable with papers)' if network != 'syncnet_v2' else ''}; "
+                     "LMD on mediapipe face-mesh lip points (40 points, crop pixels); PSNR/SSIM on aligned crops, "
+                     "whole and mouth region. Lower is better for LMD and LSE-D, higher for the rest. "
+                     f"{int(table.clips.iloc[0])} test clips.</p>"
+                     + shown.to_html(float_format=lambda v: f"{v:.3f}", classes="tbl")
+                     + "<p class='why'>PSNR is capped at 100 dB for identical frames (the ground-truth row).</p>"
+                     + "<h3>Published figures</h3><p class='why'>Only figures read verbatim from a source are on file "
+                     "(<code>pipeline/evaluate/anchors.yaml</code>); SyncTalkFace's own table is not yet among them.</p>"
+                     + anchors_html(network, ds)))
+
+    imgs = []
+    if curves_png(paths.plot("train_sync_expert"), [["train_loss", "val_loss"], ["val_acc", "val_acc_voiced"]],
+                  "sync expert", tmp / "curves_sync_expert.png"):
+        imgs.append("curves_sync_expert.png")
+    for v in variants:
+        if curves_png(paths.plot(f"train_generator_{v}"), [["l1", "l1_lip", "val_l1"], ["av_sync", "vv_sync", "val_sync_loss"],
+                                                             ["d_loss", "gan", "d_real", "d_fake"], ["val_psnr", "val_psnr_mouth"]],
+                      f"generator ({v})", tmp / f"curves_generator_{v}.png"):
+            imgs.append(f"curves_generator_{v}.png")
+    sections.append(("Training curves", "".join(f"<img src='{i}'>" for i in imgs)))
+
+    systems = (eval_dir / "systems.txt").read_text().splitlines()[0].split(": ", 1)[1].split(" | ") \
+        if (eval_dir / "systems.txt").is_file() else list(table.index)
+    samples = sorted((eval_dir / "samples").glob("*.mp4"))
+    sample_html = []
+    for k, video in enumerate(samples[:2]):
+        name = f"samples_{k}.png"
+        if sample_frames_png(video, systems, tmp / name):
+            shutil.copy2(video, tmp / video.name)
+            sample_html.append(f"<figure><img src='{name}'><figcaption>{html.escape(video.stem)} "
+                               f"(<a href='{html.escape(video.name)}'>video with sound</a>)</figcaption></figure>")
+    demo = paths.demo_dir() / "demo.mp4"
+    if demo.is_file():
+        shutil.copy2(demo, tmp / "demo.mp4")
+        sample_html.append("<p>Demo (a test face driven by another clip's speech): "
+                           "<video controls src='demo.mp4' width='320'></video></p>")
+    sections.append(("Samples", "".join(sample_html) or "<p>No sample videos.</p>"))
+
+    hist = paths.sync_check_dir(ds) / "offsets_hist.png"
+    if hist.is_file():
+        shutil.copy2(hist, tmp / "offsets_hist.png")
+        sync = json.loads(paths.metrics("sync_check").read_text()) if paths.metrics("sync_check").is_file() else {}
+        sections.append(("Sync check", f"<p>{sync.get('excluded', '?')} of {sync.get('clips', '?')} clips excluded "
+                         "from generator training.</p><img src='offsets_hist.png'>"))
+
+    analysis = {}
+    if "memory" in variants:
+        analysis = _memory_section(view, tmp, sections)
+    page = _page(ds, sections)
+    (tmp / "index.html").write_text(page)
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, out)
+    summary = {"sections": len(sections), "images": len(list(out.glob("*.png"))), **analysis}
+    write_json_atomic(paths.metrics("report"), summary)
+    return summary
+
+
+def _memory_section(view: dict, tmp: Path, sections: list) -> dict:
+    from .generate import load_generator
+    from .run import test_clips
+
+    ds = view["data"]["dataset"]
+    model = load_generator(paths.model_dir("generator") / "memory" / "generator.pt")
+    store = Store(paths.processed_dir(ds))
+    clips, _ = test_clips({**view, "evaluate": {"max_clips": None}}, store)
+    raw = paths.raw_dir(ds)
+
+    def video_path_of(row):
+        p = Path(row.video_path)
+        return p if p.is_absolute() or p.exists() else raw / p
+
+    res = memory_analysis.analyse(model, clips, store, video_path_of)
+    body = (f"<p>Slot usage entropy {res['usage_entropy']:.2f} nats of a possible {res['max_entropy']:.2f} "
+            f"({res['slots']} slots; {res['slots_used']} are some frame's strongest slot); mean per-frame address "
+            f"entropy {res['frame_entropy']:.2f} (low: each frame reads few slots). Over {res['frames']} test frames.</p>")
+    for key, labels, title in (("phone", res["phones"], "phoneme"), ("word", res["words"], "word")):
+        if labels:
+            memory_analysis.heatmap(labels, res[f"{key}_map"], f"mean audio address per {title}", tmp / f"memory_{key}.png")
+            body += f"<img src='memory_{key}.png'>"
+        else:
+            body += f"<p>No {title} timing for this dataset.</p>"
+    sections.append(("Audio-Lip Memory", body))
+    return {"memory_usage_entropy": res["usage_entropy"], "memory_slots_used": res["slots_used"],
+            "memory_frame_entropy": res["frame_entropy"]}
+
+
+def _page(ds: str, sections: list) -> str:
+    toc = "".join(f"<li><a href='#s{k}'>{html.escape(t)}</a></li>" for k, (t, _) in enumerate(sections))
+    body = "".join(f"<section id='s{k}'><h2>{html.escape(t)}</h2>{b}</section>" for k, (t, b) in enumerate(sections))
+    return f"""<!doctype html><html><head><meta charset='utf-8'><title>SyncTalkFace pipeline: {ds}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.45}}
+h1{{margin-bottom:.2em}} section{{margin:2em 0;border-top:1px solid #ddd}} img{{max-width:100%;margin:.5em 0}}
+table.tbl{{border-collapse:collapse;font-size:14px}} .tbl td,.tbl th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
+.tbl th{{background:#f3f3f3}} .nc{{background:#fde2c8;color:#8a4500;font-size:12px;padding:2px 6px;border-radius:3px}}
+.why{{font-size:13px;color:#555}} figure{{margin:0}} figure img{{max-width:560px}}</style></head><body>
+<h1>SyncTalkFace pipeline: {html.escape(ds)}</h1><p>Generated by <code>python -m pipeline report</code>.</p>
+<ul>{toc}</ul>{body}</body></html>"""

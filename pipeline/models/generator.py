@@ -1,0 +1,168 @@
+"""The SyncTalkFace generator (DESIGN §5), written anew from the paper's description.
+
+Read top to bottom:
+- identity encoder: U-Net encoder on [masked target | reference] (6 channels) down to 1x1, with
+  skips (16, 32, 64, 128, 256, 512, 512 channels at width 1.0);
+- audio encoder: Wav2Lip's CNN on the 1 x 80 x 16 mel -> D (= 512 at width 1.0);
+- lip encoder: the 5 frames centred on a target, upper half zeroed, [3, 5, S, S]; a Conv3d
+  (kernel 5x7x7) collapses time, then a 2D CNN -> D;
+- Audio-Lip Memory (models/memory.py);
+- fusion: concat(audio feature, lip feature read from memory) -> dropout 0.5 -> linear 2D -> D;
+- U-Net decoder with the identity skips -> tanh; each frame is decoded alone.
+
+Sizes: 96 or 128 px (the last encoder block's kernel is the remaining map size: 3 at 96, 4 at
+128); a width multiplier scales every channel count; T frames per sample come in as [B, T, ...]
+and are flattened, so nothing depends on T. `use_memory=False` is the ablation: the same network
+with the audio feature going to the fusion in place of the memory readout (a Wav2Lip-like
+baseline that the memory must beat). Images are in [-1, 1], RGB.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .memory import AudioLipMemory
+from .syncnet import AUDIO, ConvBlock, _scaled, _stack
+
+
+def bottom_size(img_size: int) -> int:
+    if img_size not in (96, 128):
+        raise ValueError(f"img_size must be 96 or 128, got {img_size}")
+    return img_size // 32  # five stride-2 blocks: 96 -> 3, 128 -> 4
+
+
+class UpBlock(nn.Module):
+    """ConvTranspose2d + BatchNorm + ReLU (upsampling step of the decoder)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, padding: int, output_padding: int = 0):
+        super().__init__()
+        self.conv = nn.Sequential(nn.ConvTranspose2d(cin, cout, kernel, stride, padding, output_padding),
+                                  nn.BatchNorm2d(cout), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class IdentityEncoder(nn.Module):
+    def __init__(self, img_size: int, width: float):
+        super().__init__()
+        c = [_scaled(n, width) for n in (16, 32, 64, 128, 256, 512, 512)]
+        res = lambda n: ConvBlock(n, n, 3, 1, 1, residual=True)
+        k = bottom_size(img_size)
+        self.blocks = nn.ModuleList([
+            nn.Sequential(ConvBlock(6, c[0], 7, 1, 3)),
+            nn.Sequential(ConvBlock(c[0], c[1], 3, 2, 1), res(c[1]), res(c[1])),
+            nn.Sequential(ConvBlock(c[1], c[2], 3, 2, 1), res(c[2]), res(c[2]), res(c[2])),
+            nn.Sequential(ConvBlock(c[2], c[3], 3, 2, 1), res(c[3]), res(c[3])),
+            nn.Sequential(ConvBlock(c[3], c[4], 3, 2, 1), res(c[4]), res(c[4])),
+            nn.Sequential(ConvBlock(c[4], c[5], 3, 2, 1), res(c[5])),
+            nn.Sequential(ConvBlock(c[5], c[6], k, 1, 0), ConvBlock(c[6], c[6], 1, 1, 0)),
+        ])
+        self.channels = c
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        skips = []
+        for block in self.blocks:
+            x = block(x)
+            skips.append(x)
+        return skips  # the last is the 1x1 identity code
+
+
+class LipEncoder(nn.Module):
+    def __init__(self, img_size: int, width: float, dim: int):
+        super().__init__()
+        c0 = _scaled(32, width)
+        self.front = nn.Sequential(nn.Conv3d(3, c0, (5, 7, 7), (1, 2, 2), (0, 3, 3)), nn.BatchNorm3d(c0), nn.ReLU())
+        c = [_scaled(n, width) for n in (64, 128, 256, 512)]
+        res = lambda n: ConvBlock(n, n, 3, 1, 1, residual=True)
+        layers, cin = [], c0
+        for cout in c:
+            layers += [ConvBlock(cin, cout, 3, 2, 1), res(cout)]
+            cin = cout
+        layers += [ConvBlock(cin, dim, bottom_size(img_size), 1, 0), ConvBlock(dim, dim, 1, 1, 0)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, lip: torch.Tensor) -> torch.Tensor:
+        """[N, 3, 5, S, S] -> [N, D]."""
+        if lip.shape[2] != 5:
+            raise ValueError(f"the lip encoder takes 5-frame windows, got {lip.shape[2]} frames")
+        return self.body(self.front(lip).squeeze(2)).flatten(1)
+
+
+class Decoder(nn.Module):
+    def __init__(self, img_size: int, width: float, skips: list[int], dim: int):
+        super().__init__()
+        s = skips  # 16, 32, 64, 128, 256, 512, 512 (scaled)
+        u = [_scaled(n, width) for n in (512, 512, 384, 256, 128, 64)]
+        k = bottom_size(img_size)
+        self.blocks = nn.ModuleList([
+            ConvBlock(dim, s[6], 1, 1, 0),                                                      # 1x1
+            nn.Sequential(UpBlock(s[6] + s[6], u[0], k, 1, 0), ConvBlock(u[0], u[0], 3, 1, 1, True)),  # k x k
+            nn.Sequential(UpBlock(u[0] + s[5], u[1], 3, 2, 1, 1), ConvBlock(u[1], u[1], 3, 1, 1, True)),
+            nn.Sequential(UpBlock(u[1] + s[4], u[2], 3, 2, 1, 1), ConvBlock(u[2], u[2], 3, 1, 1, True)),
+            nn.Sequential(UpBlock(u[2] + s[3], u[3], 3, 2, 1, 1), ConvBlock(u[3], u[3], 3, 1, 1, True)),
+            nn.Sequential(UpBlock(u[3] + s[2], u[4], 3, 2, 1, 1), ConvBlock(u[4], u[4], 3, 1, 1, True)),
+            nn.Sequential(UpBlock(u[4] + s[1], u[5], 3, 2, 1, 1), ConvBlock(u[5], u[5], 3, 1, 1, True)),
+        ])
+        head = _scaled(32, width)
+        self.out = nn.Sequential(ConvBlock(u[5] + s[0], head, 3, 1, 1), nn.Conv2d(head, 3, 1), nn.Tanh())
+
+    def forward(self, code: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        x = code[:, :, None, None]
+        for block, skip in zip(self.blocks, reversed(skips)):
+            x = torch.cat([block(x), skip], dim=1)
+        return self.out(x)
+
+
+class Generator(nn.Module):
+    def __init__(self, img_size: int = 96, width: float = 1.0, use_memory: bool = True, slots: int = 96,
+                 dropout: float = 0.5, address_scale: float = 16.0):
+        super().__init__()
+        dim = _scaled(512, width)
+        self.identity = IdentityEncoder(img_size, width)
+        self.audio = _stack(AUDIO, width, 1)
+        self.lip = LipEncoder(img_size, width, dim) if use_memory else None
+        self.memory = AudioLipMemory(dim, slots, address_scale) if use_memory else None
+        self.fusion = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * dim, dim), nn.ReLU())
+        self.decoder = Decoder(img_size, width, self.identity.channels, dim)
+        self.img_size, self.width, self.use_memory, self.dim = img_size, width, use_memory, dim
+        self._config = {"img_size": img_size, "width": width, "use_memory": use_memory, "slots": slots,
+                        "dropout": dropout, "address_scale": address_scale}
+
+    def config(self) -> dict:
+        return dict(self._config)
+
+    def encode_audio(self, mel: torch.Tensor) -> torch.Tensor:
+        """[N, 1, 80, 16] -> [N, D]."""
+        return self.audio(mel).flatten(1)
+
+    def decode(self, audio: torch.Tensor, lip_feature: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        return self.decoder(self.fusion(torch.cat([audio, lip_feature], dim=1)), skips)
+
+    def forward(self, masked: torch.Tensor, reference: torch.Tensor, mel: torch.Tensor,
+                lip: torch.Tensor | None = None, lip_path: str = "value_recall") -> dict:
+        """masked, reference [B, T, 3, S, S]; mel [B, T, 1, 80, 16]; lip [B, T, 3, 5, S, S] or None
+        (inference: audio only). Returns `audio_frames` [B, T, 3, S, S] decoded from the
+        audio-addressed memory readout, and in training (lip given, memory variant) `lip_frames`
+        decoded from the lip feature (`value_recall`: the lip-addressed readout, as the authors'
+        code did; `raw_lip`: the projected lip feature itself, as the paper's equation writes),
+        plus the memory's addresses and readouts."""
+        b, t = masked.shape[:2]
+        flat = lambda x: x.reshape(b * t, *x.shape[2:])
+        skips = self.identity(torch.cat([flat(masked), flat(reference)], dim=1))
+        audio = self.encode_audio(flat(mel))
+        out: dict = {}
+        if self.memory is None:
+            recalled = audio
+        else:
+            lip_feat = self.lip(flat(lip)) if lip is not None else None
+            out = self.memory(audio, lip_feat)
+            recalled = out["audio_read"]
+        unflat = lambda x: x.reshape(b, t, *x.shape[1:])
+        out["audio_frames"] = unflat(self.decode(audio, recalled, skips))
+        if self.memory is not None and lip is not None:
+            if lip_path not in ("value_recall", "raw_lip"):
+                raise ValueError(f"lip_path must be value_recall or raw_lip, got {lip_path}")
+            second = out["lip_read"] if lip_path == "value_recall" else out["lip_proj"]
+            out["lip_frames"] = unflat(self.decode(audio, second, skips))
+        return out

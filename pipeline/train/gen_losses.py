@@ -1,0 +1,98 @@
+"""The generator's losses (DESIGN §5) and where their gradients may go.
+
+total = w_l1 * (L1 of the audio-path decode + L1 of the lip-path decode)
+        + w_store * store + w_align * align            (memory variant: models/memory.py)
+        + w_av * audio-visual sync   (the frozen expert, eval mode, on the lower half of every
+                                      5-frame window of generated frames, with that window's mel)
+        + w_vv * visual-visual sync  (L1 between lip-encoder embeddings of real and generated lip
+                                      windows, computed by a frozen copy of the lip encoder that is
+                                      refreshed from the live one every step: the loss trains the
+                                      generator, never the encoder)
+        + w_gan * adversarial         (after `gan_warmup` steps; discriminator logits)
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..models import memory as mem
+from ..models.discriminator import g_adversarial
+from ..models.syncnet import sync_bce
+
+WINDOW = 5
+
+
+def expert_windows(frames: torch.Tensor, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """frames [B, T, 3, S, S] in [-1, 1], mel [B, T, 1, 80, 16] -> the expert's inputs for every
+    5-frame window (centre c = 2 .. T-3): faces [N, 15, S/2, S] in [0, 1], mel [N, 1, 80, 16]."""
+    b, t, _, s, _ = frames.shape
+    if t < WINDOW:
+        raise ValueError(f"sync losses need T >= {WINDOW} frames, got {t}")
+    lower = (frames[:, :, :, s // 2:] + 1.0) / 2.0
+    faces = torch.stack([lower[:, c - 2: c + 3].reshape(b, -1, s // 2, s) for c in range(2, t - 2)], 1)
+    mels = mel[:, 2: t - 2]
+    return faces.reshape(-1, *faces.shape[2:]), mels.reshape(-1, *mels.shape[2:])
+
+
+def lip_windows(frames: torch.Tensor) -> torch.Tensor:
+    """frames [B, T, 3, S, S] -> the lip encoder's inputs [N, 3, 5, S, S] (upper half zeroed) for
+    every 5-frame window, in the order of expert_windows."""
+    b, t, c, s, _ = frames.shape
+    wins = torch.stack([frames[:, k - 2: k + 3] for k in range(2, t - 2)], 1)  # [B, W, 5, 3, S, S]
+    wins = wins.reshape(-1, WINDOW, c, s, s).transpose(1, 2)
+    mask = torch.ones_like(wins[:1])
+    mask[..., : s // 2, :] = 0.0
+    return wins * mask
+
+
+def av_sync_loss(expert: nn.Module, frames: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+    faces, mels = expert_windows(frames, mel)
+    a, v = expert(mels, faces)
+    return sync_bce(a, v, torch.ones(len(a), device=a.device))
+
+
+class FrozenCopy:
+    """A frozen, eval-mode copy of a module, refreshed from the live one before each use: the
+    loss it computes passes gradients to its input only."""
+
+    def __init__(self, live: nn.Module):
+        self.live = live
+        self.copy = copy.deepcopy(live).eval()
+        for p in self.copy.parameters():
+            p.requires_grad_(False)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.copy.load_state_dict(self.live.state_dict())
+        return self.copy(x)
+
+
+def vv_sync_loss(lip_copy: FrozenCopy, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        target = lip_copy(lip_windows(real))
+    return F.l1_loss(lip_copy(lip_windows(fake)).float(), target.float())
+
+
+def generator_losses(out: dict, batch: dict, weights: dict, expert: nn.Module, lip_copy: FrozenCopy | None,
+                     disc: nn.Module | None, use_gan: bool) -> tuple[torch.Tensor, dict]:
+    """The weighted total and every term (floats for logging)."""
+    target = batch["target"]
+    fake = out["audio_frames"]
+    parts = {"l1": F.l1_loss(fake.float(), target.float())}
+    if "lip_frames" in out:
+        parts["l1_lip"] = F.l1_loss(out["lip_frames"].float(), target.float())
+    if "lip_read" in out:
+        parts["store"] = mem.store_loss(out)
+        parts["align"] = mem.align_loss(out)
+    parts["av_sync"] = av_sync_loss(expert, fake, batch["mel"])
+    if lip_copy is not None:
+        parts["vv_sync"] = vv_sync_loss(lip_copy, fake, target)
+    if use_gan and disc is not None:
+        parts["gan"] = g_adversarial(disc(fake.reshape(-1, *fake.shape[2:])))
+    total = weights["l1"] * (parts["l1"] + parts.get("l1_lip", 0.0))
+    for name in ("store", "align", "av_sync", "vv_sync", "gan"):
+        if name in parts:
+            total = total + weights[name] * parts[name]
+    return total, parts

@@ -1,0 +1,233 @@
+"""The SyncTalkFace generator: shapes, the memory, where each loss's gradients go, learning,
+exact resume, DDP with gloo, the NaN guard, and the stage for both variants."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import run_cli
+from pipeline.errors import PipelineError
+from pipeline.models import memory as mem
+from pipeline.models.discriminator import QualityDiscriminator
+from pipeline.models.generator import Generator
+from pipeline.models.syncnet import SyncNet
+from pipeline.train import gen_losses, loop
+from pipeline.train import generator as gen_stage
+
+WEIGHTS = {"l1": 10.0, "store": 0.2, "align": 0.2, "av_sync": 0.2, "vv_sync": 0.2, "gan": 0.2}
+
+
+def fake_batch(b=2, t=5, size=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.rand(*s, generator=g) * 2 - 1
+    target = r(b, t, 3, size, size)
+    masked = target.clone()
+    masked[..., size // 2:, :] = 0
+    lip = torch.stack([target[:, [max(0, min(t - 1, k + d)) for d in range(-2, 3)]] for k in range(t)], 1)
+    lip = lip.transpose(2, 3).clone()
+    lip[..., : size // 2, :] = 0
+    return {"target": target, "masked": masked, "reference": r(b, t, 3, size, size),
+            "mel": r(b, t, 1, 80, 16) * 4, "lip": lip}
+
+
+def frozen_expert(size=96):
+    e = SyncNet(size, 0.125).eval()
+    for p in e.parameters():
+        p.requires_grad_(False)
+    return e
+
+
+@pytest.mark.parametrize("size", [96, 128])
+@pytest.mark.parametrize("t", [5, 7])
+def test_shapes_both_variants_and_inference_without_lips(size, t):
+    batch = fake_batch(2, t, size)
+    for use_memory in (True, False):
+        g = Generator(size, 0.125, use_memory=use_memory, slots=12)
+        out = g(batch["masked"], batch["reference"], batch["mel"], batch["lip"])
+        assert out["audio_frames"].shape == (2, t, 3, size, size)
+        assert out["audio_frames"].abs().max() <= 1.0
+        assert ("lip_frames" in out) == use_memory
+        g.eval()
+        only_audio = g(batch["masked"], batch["reference"], batch["mel"])  # inference: no lip encoder
+        assert only_audio["audio_frames"].shape == (2, t, 3, size, size) and "lip_frames" not in only_audio
+    faces, mels = gen_losses.expert_windows(batch["target"], batch["mel"])
+    assert faces.shape == (2 * (t - 4), 15, size // 2, size) and mels.shape == (2 * (t - 4), 1, 80, 16)
+    assert gen_losses.lip_windows(batch["target"]).shape == (2 * (t - 4), 3, 5, size, size)
+
+
+def test_memory_addresses_are_distributions_and_raw_lip_path_differs():
+    m = mem.AudioLipMemory(32, slots=10)
+    out = m(torch.randn(6, 32), torch.randn(6, 32))
+    for key in ("audio_address", "lip_address"):
+        assert out[key].shape == (6, 10)
+        assert torch.allclose(out[key].sum(-1), torch.ones(6), atol=1e-5) and (out[key] >= 0).all()
+    assert 0 <= mem.usage_entropy(out["audio_address"]) <= np.log(10) + 1e-6
+    g = Generator(96, 0.125, slots=12).eval()
+    b = fake_batch()
+    recall = g(b["masked"], b["reference"], b["mel"], b["lip"], lip_path="value_recall")["lip_frames"]
+    raw = g(b["masked"], b["reference"], b["mel"], b["lip"], lip_path="raw_lip")["lip_frames"]
+    assert not torch.allclose(recall, raw)
+
+
+def grads(module: torch.nn.Module) -> float:
+    return sum(float(p.grad.abs().sum()) for p in module.parameters() if p.grad is not None)
+
+
+def test_gradient_routing_of_each_loss():
+    torch.manual_seed(0)
+    g = Generator(96, 0.125, slots=12)
+    d = QualityDiscriminator(0.125)
+    expert = frozen_expert()
+    lip_copy = gen_losses.FrozenCopy(g.lip)
+    b = fake_batch()
+
+    def term(name):
+        g.zero_grad(set_to_none=True)
+        d.zero_grad(set_to_none=True)
+        out = g(b["masked"], b["reference"], b["mel"], b["lip"])
+        only = {k: (1.0 if k == name else 0.0) for k in WEIGHTS}
+        total, parts = gen_losses.generator_losses(out, b, only, expert, lip_copy, d, use_gan=True)
+        parts[name].backward()
+        return out
+
+    term("vv_sync")  # trains the generator through its output, never the lip encoder
+    assert grads(g.lip) == 0 and grads(g.decoder) > 0 and grads(g.identity) > 0
+    term("av_sync")  # the expert is frozen
+    assert grads(g.decoder) > 0 and all(p.grad is None for p in expert.parameters())
+    term("gan")  # (the training loop freezes D's parameters for the G step)
+    assert grads(g.decoder) > 0
+    term("align")  # the lip address is detached: the lip path gets nothing
+    assert grads(g.lip) == 0 and grads(g.audio) > 0 and float(g.memory.key.grad.abs().sum()) > 0
+    assert g.memory.lip_proj.weight.grad is None or float(g.memory.lip_proj.weight.grad.abs().sum()) == 0
+    term("store")  # the memory learns; audio is not involved
+    assert grads(g.audio) == 0 and float(g.memory.value.grad.abs().sum()) > 0
+
+    # the store loss never moves its target: its gradient on the lip feature is the one through
+    # the address alone, not the one a non-detached target would add
+    lip = torch.randn(4, g.dim, requires_grad=True)
+    out = g.memory(torch.randn(4, g.dim), lip)
+    (got,) = torch.autograd.grad(mem.store_loss(out), lip, retain_graph=True)
+    (undetached,) = torch.autograd.grad(torch.nn.functional.mse_loss(out["lip_read"], out["lip_proj"]), lip)
+    out2 = g.memory(torch.randn(4, g.dim), lip)  # a fresh graph on the same lip feature
+    (detached,) = torch.autograd.grad(torch.nn.functional.mse_loss(out2["lip_read"], out2["lip_proj"].detach()), lip)
+    assert torch.allclose(got, detached, atol=1e-7) and not torch.allclose(got, undetached, atol=1e-7)
+
+
+def test_overfitting_a_fixed_batch_drives_l1_down():
+    torch.manual_seed(0)
+    g = Generator(96, 0.125, slots=12, dropout=0.0)
+    b = fake_batch(2, 5)
+    b["target"] = torch.nn.functional.avg_pool2d(b["target"].flatten(0, 1), 9, 1, 4).reshape(b["target"].shape)
+    opt = torch.optim.Adam(g.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(40):
+        out = g(b["masked"], b["reference"], b["mel"], b["lip"])
+        loss = torch.nn.functional.l1_loss(out["audio_frames"], b["target"]) + \
+            torch.nn.functional.l1_loss(out["lip_frames"], b["target"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses[::8]
+
+
+# ------------------------------------------------------------------ the stage on real data
+def tiny_view(params, **changes):
+    cfg = {**params["generator"], **dict(width=0.125, batch_size=2, max_steps=4, eval_every=2, checkpoint_every=2,
+                                         gan_warmup=2, val_samples=4, log_every=1, slots=12), **changes}
+    return {"data": {"dataset": "lrw"}, "preprocess": {"img_size": 96}, "generator": cfg}
+
+
+def project_with_expert(proj, tmp_path):
+    """A project folder of its own that shares the processed data and the trained expert."""
+    mine = tmp_path / "proj"
+    mine.mkdir()
+    os.symlink(proj / "data", mine / "data")
+    (mine / "models").mkdir()
+    os.symlink(proj / "models/sync_expert", mine / "models/sync_expert")
+    return mine
+
+
+@pytest.fixture
+def in_expert_project(expert_project, monkeypatch):
+    proj, params = expert_project
+    monkeypatch.chdir(proj)
+    return proj, params
+
+
+def test_resume_is_exact(in_expert_project, tmp_path):
+    _, params = in_expert_project
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    gen_stage.train_worker(0, 1, tiny_view(params, max_steps=6), "memory", str(a), None)
+    gen_stage.train_worker(0, 1, tiny_view(params, max_steps=3), "memory", str(b), None)
+    assert loop.load_checkpoint(b / "checkpoint.pt")["step"] == 3
+    gen_stage.train_worker(0, 1, tiny_view(params, max_steps=6), "memory", str(b), None)
+    sa, sb = loop.load_checkpoint(a / "checkpoint.pt"), loop.load_checkpoint(b / "checkpoint.pt")
+    for net in ("generator", "discriminator"):
+        for k in sa[net]:
+            assert torch.equal(sa[net][k], sb[net][k]), (net, k)
+    assert [r["loss"] for r in sa["history"]] == [r["loss"] for r in sb["history"]]
+    assert "gan" in sa["history"][-1] and "gan" not in sa["history"][0]  # the warm-up ends at step 2
+
+
+def test_ddp_two_gloo_processes(in_expert_project, tmp_path):
+    _, params = in_expert_project
+    work = tmp_path / "ddp"
+    work.mkdir()
+    loop.run_workers(gen_stage.train_worker, 2, tiny_view(params, max_steps=2, gpus=2), "memory", str(work), None)
+    state = loop.load_checkpoint(work / "checkpoint.pt")
+    assert state["step"] == 2 and json.loads((work / "done.json").read_text())["step"] == 2
+
+
+def test_a_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(in_expert_project, tmp_path,
+                                                                                   monkeypatch):
+    _, params = in_expert_project
+    real = gen_losses.generator_losses
+    calls = []
+
+    def poisoned(*args, **kwargs):
+        total, parts = real(*args, **kwargs)
+        calls.append(1)
+        return (total * float("nan"), parts) if len(calls) > 2 else (total, parts)
+
+    monkeypatch.setattr(gen_stage, "generator_losses", poisoned)
+    work = tmp_path / "nan"
+    work.mkdir()
+    with pytest.raises(PipelineError, match=r"not finite at step 2.*last good checkpoint \(step 2\)"):
+        gen_stage.train_worker(0, 1, tiny_view(params, max_steps=6), "memory", str(work), None)
+    assert loop.load_checkpoint(work / "checkpoint.pt")["step"] == 2
+
+
+@pytest.mark.parametrize("variant", ["no_memory", "memory"])
+def test_stage_writes_model_metrics_plot(expert_project, tmp_path, variant):
+    import yaml
+
+    proj, params = expert_project
+    mine = project_with_expert(proj, tmp_path)
+    p = dict(params)
+    p["generator"] = tiny_view(params, max_steps=4)["generator"]
+    (mine / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    run_cli(["train_generator", "--variant", variant], cwd=mine, check=True)
+    metrics = json.loads((mine / f"metrics/train_generator_{variant}.json").read_text())
+    assert metrics["steps"] == 4 and metrics["excluded_clips"] >= 1
+    for key in ("val_l1", "val_psnr_mouth", "final_mouth_psnr", "composite_mouth_psnr", "final_sync_confidence"):
+        assert np.isfinite(metrics[key]), key
+    plot = pd.read_csv(mine / f"plots/train_generator_{variant}.csv")
+    assert list(plot.step) == [1, 2, 3, 4] and plot.val_l1.notna().sum() == 2
+    assert (plot.store.notna().all()) == (variant == "memory")
+    from pipeline.evaluate.generate import load_generator
+
+    g = load_generator(mine / f"models/generator/{variant}/generator.pt")
+    assert g.use_memory == (variant == "memory")
+    assert (mine / f"models/generator/{variant}/samples.png").is_file()
+    assert not list(mine.glob("work/train_generator/*"))
+    bad = run_cli(["train_generator", "--variant", "memory" if variant == "no_memory" else "no_memory",
+                   "--params", "missing.yaml"], cwd=mine)
+    assert bad.returncode != 0
+
