@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -38,7 +39,7 @@ def collate(samples):
 
 
 @torch.no_grad()
-def evaluate(model, val: SyncDataset, n: int, rt: loop.Runtime, batch: int = 128) -> dict:
+def evaluate(model, val: SyncDataset, n: int, rt: loop.Runtime, batch: int = 128, prefix: str = "val") -> dict:
     model.eval()
     probs, labels, voiced = [], [], []
     # a fixed, seeded subset spread over every val clip (the pairs are ordered by clip)
@@ -54,9 +55,37 @@ def evaluate(model, val: SyncDataset, n: int, rt: loop.Runtime, batch: int = 128
     p, y, v = torch.cat(probs), torch.cat(labels), torch.cat(voiced)
     correct = ((p > 0.5).float() == y).float()
     loss = torch.nn.functional.binary_cross_entropy(p, y).item()
-    return {"val_loss": loss, "val_acc": correct.mean().item(),
-            "val_acc_voiced": correct[v].mean().item() if v.any() else float("nan"),
-            "val_voiced_fraction": v.float().mean().item()}
+    return {f"{prefix}_loss": loss, f"{prefix}_acc": correct.mean().item(),
+            f"{prefix}_acc_voiced": correct[v].mean().item() if v.any() else float("nan"),
+            f"{prefix}_voiced_fraction": v.float().mean().item()}
+
+
+def evaluate_test(view: dict, expert_path: Path) -> dict:
+    """Held-out figures of a saved expert on the test split (unseen identities and voices in the
+    embedded corpus): the same kind of pairs as validation, `val_samples` of them, seeded apart.
+    Empty when the store has no test windows."""
+    cfg = view["sync_expert"]
+    store = Store(paths.processed_dir(view["data"]["dataset"]))
+    test = SyncDataset(store, ("test",), seed=cfg["seed"] + 2, min_offset=cfg["min_offset"], other_clip=cfg["other_clip"])
+    if len(test) == 0:
+        return {}
+    rt = loop.setup(amp=False, rank=0, world_size=1)
+    model = expert_io.load_expert(expert_path, rt.device)
+    n = min(cfg["val_samples"], len(test))
+    out = evaluate(model, test, n, rt, prefix="test")
+    return {"test_acc": out["test_acc"], "test_acc_voiced": out["test_acc_voiced"], "test_loss": out["test_loss"],
+            "test_samples": n}
+
+
+def learning_rate(cfg: dict, step: int) -> float:
+    """Linear warm-up over `warmup_steps`, then constant or a cosine decay to 0 at `max_steps`."""
+    warm = max(1, cfg["warmup_steps"])
+    if step < warm:
+        return cfg["lr"] * (step + 1) / warm
+    if cfg["lr_schedule"] == "cosine":
+        frac = min(1.0, (step - warm) / max(1, cfg["max_steps"] - warm))
+        return cfg["lr"] * 0.5 * (1.0 + math.cos(math.pi * frac))
+    return cfg["lr"]
 
 
 def _datasets(view):
@@ -111,7 +140,7 @@ def train_worker(rank: int, world: int, view: dict, work: str, tracker) -> None:
             if loop.any_rank(rt, bool(stop)):  # every rank stops at the same step
                 checkpoint()
                 raise loop.Preempted(stop.signal or signal.SIGTERM, step)
-            lr = cfg["lr"] * min(1.0, (step + 1) / max(1, cfg["warmup_steps"]))
+            lr = learning_rate(cfg, step)
             for g in opt.param_groups:
                 g["lr"] = lr
             faces, mel, groups = train.batch(cfg["seed"], step, rt.rank, max(1, per_rank // cfg["windows_per_clip"]))
@@ -170,9 +199,9 @@ def run(view: dict, tracker=None) -> dict:
     ds = view["data"]["dataset"]
     shards = sorted(paths.processed_shards(ds).glob("shard-*/meta.json"))  # checksums of the crops
     # keys that only say how long or how to run do not invalidate the checkpoint: raising
-    # max_steps continues the run instead of restarting it
-    keyed = {**view, "sync_expert": {k: v for k, v in cfg.items()
-                                     if k not in ("max_steps", "patience", "processes", "log_every", "amp")}}
+    # max_steps continues the run instead of restarting it (unless the lr decays towards it)
+    volatile = ("patience", "processes", "log_every", "amp") + (("max_steps",) if cfg["lr_schedule"] == "constant" else ())
+    keyed = {**view, "sync_expert": {k: v for k, v in cfg.items() if k not in volatile}}
     fp = fingerprint(keyed, [paths.processed_index(ds), *shards] + _code_files())
     work = paths.work_dir("train_sync_expert", fp)
     work.mkdir(parents=True, exist_ok=True)
@@ -197,6 +226,7 @@ def run(view: dict, tracker=None) -> dict:
     metrics = {"steps": done["step"], "best_step": best["step"], "val_loss": best["val_loss"],
                "val_acc": best["val_acc"], "val_acc_voiced": best["val_acc_voiced"],
                "train_seconds": round(time.time() - started, 1), "train_clips": len(train.clips), "val_samples": min(cfg["val_samples"], len(val))}
+    metrics.update(evaluate_test(view, out / "expert.pt"))
     write_json_atomic(paths.metrics("train_sync_expert"), metrics)
     if tracker is not None:
         tracker.log_artifact(out / "expert.pt", "model")
