@@ -169,7 +169,7 @@ def test_snakemake_caches_and_reruns_only_what_changed(repo_copy):
     params = tiny_params()
     params["preprocess"]["smooth_window"] = 3
     set_params(repo_copy, params)
-    assert jobs_planned(repo_copy) == {"preprocess", "gather", "train_sync_expert", "sync_check", "train_generator"}
+    assert jobs_planned(repo_copy) == {"preprocess", "gather", "train_sync_expert", "sync_check", "train_generator", "evaluate", "demo", "report"}
     run(["snakemake", "--cores", "2"], repo_copy)
     assert (repo_copy / "data/raw/embedded/source.json").stat().st_mtime_ns == record_mtime
     assert (repo_copy / "data/manifests/embedded.parquet").stat().st_mtime_ns == manifest_mtime
@@ -178,32 +178,38 @@ def test_snakemake_caches_and_reruns_only_what_changed(repo_copy):
     # a stage's own source file
     code = repo_copy / "pipeline/preprocess/gather.py"
     code.write_text(code.read_text() + "\n# edited\n")
-    assert jobs_planned(repo_copy) == {"gather", "train_sync_expert", "sync_check", "train_generator"}
+    assert jobs_planned(repo_copy) == {"gather", "train_sync_expert", "sync_check", "train_generator", "evaluate", "demo", "report"}
     run(["snakemake", "--cores", "2"], repo_copy)
 
     # a param of sync_check: that stage and the generators it feeds
-    params["sync_check"]["max_offset"] = 2
+    params["sync_check"]["search"] = 14
     set_params(repo_copy, params)
-    assert jobs_planned(repo_copy) == {"sync_check", "train_generator"}
+    assert jobs_planned(repo_copy) == {"sync_check", "train_generator", "evaluate", "demo", "report"}
     run(["snakemake", "--cores", "2"], repo_copy)
 
     # a param of the last stage: that stage alone
     params["generator"]["gan_warmup"] = 1
     set_params(repo_copy, params)
-    assert jobs_planned(repo_copy) == {"train_generator"}
+    assert jobs_planned(repo_copy) == {"train_generator", "evaluate", "demo", "report"}
+    run(["snakemake", "--cores", "2"], repo_copy)
+
+    # a param of the last stages: those alone
+    params["evaluate"]["sample_videos"] = 1
+    set_params(repo_copy, params)
+    assert jobs_planned(repo_copy) == {"evaluate", "report"}
     run(["snakemake", "--cores", "2"], repo_copy)
 
     # a param of index: index and what depends on it
     params["index"]["min_frames"] = 10
     set_params(repo_copy, params)
     assert jobs_planned(repo_copy) == {"index", "preprocess", "gather", "train_sync_expert", "sync_check",
-                                       "train_generator"}
+                                       "train_generator", "evaluate", "demo", "report"}
 
     # a param of acquire: everything
     params["data"]["embedded"]["seed"] = 1
     set_params(repo_copy, params)
     assert jobs_planned(repo_copy) == {"acquire", "index", "preprocess", "gather", "train_sync_expert", "sync_check",
-                                       "train_generator"}
+                                       "train_generator", "evaluate", "demo", "report"}
 
     # an override that would bypass params.yaml is refused, with the way to apply it
     proc = run(["snakemake", "--cores", "1", "--dry-run", "--config", "index={'min_frames': 12}"], repo_copy, check=False)
