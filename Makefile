@@ -20,7 +20,8 @@ $(VENV)/.installed: pyproject.toml
 
 run: $(VENV)/.installed
 	$(BIN)/snakemake --cores $(CORES) --profile workflow/profiles/default
-	@echo "Outputs: data/processed/, models/sync_expert/, data/sync_check/, metrics/ ; runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db"
+	@echo "Report: $(CURDIR)/reports/html/index.html (open it in a browser); metrics: metrics/*.json"
+	@echo "Runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db ; compare: $(BIN)/python -m pipeline compare"
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
