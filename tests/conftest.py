@@ -210,3 +210,41 @@ def expert_project(processed, tmp_path_factory):
     run_cli(["train_sync_expert"], cwd=proj, check=True)
     run_cli(["sync_check"], cwd=proj, check=True)
     return proj, p
+
+
+def tool_env(root: Path) -> dict:
+    """Environment for the project's tools (snakemake, dvc, python -m pipeline) run in `root`."""
+    env = git_env()
+    env["PATH"] = f"{venv_bin()}{os.pathsep}{env['PATH']}"
+    env["PYTHONPATH"] = str(root)
+    return env
+
+
+def run_tool(cmd: list[str], root: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a tool of the virtualenv in `root`; on failure the assertion shows its output."""
+    exe = [str(venv_bin() / cmd[0]), *cmd[1:]]
+    proc = subprocess.run(exe, cwd=root, env={**tool_env(root), **(env or {})}, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def set_params(root: Path, params: dict) -> None:
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A repository copy in which Snakemake ran the whole default graph once at test size
+    (tiny_params, committed). Tests copy it with `clone_run` instead of running the graph again."""
+    root = copy_repo(tmp_path_factory.mktemp("tiny_run") / "repo")
+    set_params(root, tiny_params())
+    subprocess.run(["git", "commit", "-qam", "tiny params"], cwd=root, env=git_env(), check=True)
+    run_tool(["snakemake", "--cores", "2"], root)
+    return root
+
+
+def clone_run(src: Path, dest: Path) -> Path:
+    """A copy of a run repository, outputs, caches and metadata included, times preserved."""
+    shutil.copytree(src, dest, symlinks=True)
+    return dest

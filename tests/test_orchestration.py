@@ -16,26 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import copy_repo, git_env, tiny_params, venv_bin
-
-
-def tool_env(root: Path) -> dict:
-    env = git_env()
-    env["PATH"] = f"{venv_bin()}{os.pathsep}{env['PATH']}"
-    env["PYTHONPATH"] = str(root)
-    return env
-
-
-def run(cmd: list[str], root: Path, check: bool = True) -> subprocess.CompletedProcess:
-    exe = [str(venv_bin() / cmd[0]), *cmd[1:]]
-    proc = subprocess.run(exe, cwd=root, env=tool_env(root), capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
-
-
-def set_params(root: Path, params: dict) -> None:
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+from conftest import clone_run, copy_repo, git_env, run_tool as run, set_params, tiny_params, tool_env, venv_bin
 
 
 def snakemake_jobs(root: Path) -> dict[str, dict]:
@@ -154,130 +135,145 @@ def jobs_planned(root: Path) -> set[str]:
     return names - {"all"}
 
 
-@pytest.mark.slow
-def test_snakemake_caches_and_reruns_only_what_changed(repo_copy):
-    set_params(repo_copy, tiny_params())
-    run(["snakemake", "--cores", "2"], repo_copy)
-    assert len(pd.read_parquet(repo_copy / "data/manifests/embedded.parquet")) == 7
-    assert len(pd.read_parquet(repo_copy / "data/processed/embedded/index.parquet")) == 7
-    second = run(["snakemake", "--cores", "2"], repo_copy)
-    assert "Nothing to be done" in second.stdout + second.stderr
-    record_mtime = (repo_copy / "data/raw/embedded/source.json").stat().st_mtime_ns
-    manifest_mtime = (repo_copy / "data/manifests/embedded.parquet").stat().st_mtime_ns
+ALL_AFTER_PREPROCESS = {"train_sync_expert", "sync_check", "train_generator", "evaluate", "demo", "report"}
 
-    # a param of preprocess: the shards and gather re-run, acquire and index do not
+
+def planned_for(root: Path, params: dict, base: dict) -> set[str]:
+    """The jobs a change of params.yaml would run; params.yaml is put back afterwards."""
+    set_params(root, params)
+    try:
+        return jobs_planned(root)
+    finally:
+        set_params(root, base)
+
+
+@pytest.mark.slow
+def test_snakemake_caches_and_reruns_only_what_changed(tiny_run, tmp_path):
+    root = clone_run(tiny_run, tmp_path / "repo")
+    assert len(pd.read_parquet(root / "data/manifests/embedded.parquet")) == 7
+    assert len(pd.read_parquet(root / "data/processed/embedded/index.parquet")) == 7
+    second = run(["snakemake", "--cores", "2"], root)
+    assert "Nothing to be done" in second.stdout + second.stderr
+    base = tiny_params()
+
+    def changed(section, key, value):
+        params = tiny_params()
+        params[section][key] = value
+        return planned_for(root, params, base)
+
+    # a param of each stage: that stage and what depends on it, nothing upstream
+    assert changed("preprocess", "smooth_window", 3) == {"preprocess", "gather"} | ALL_AFTER_PREPROCESS
+    assert changed("sync_check", "search", 14) == {"sync_check", "train_generator", "evaluate", "demo", "report"}
+    assert changed("generator", "gan_warmup", 1) == {"train_generator", "evaluate", "demo", "report"}
+    assert changed("index", "min_frames", 10) == {"index", "preprocess", "gather"} | ALL_AFTER_PREPROCESS
     params = tiny_params()
-    params["preprocess"]["smooth_window"] = 3
-    set_params(repo_copy, params)
-    assert jobs_planned(repo_copy) == {"preprocess", "gather", "train_sync_expert", "sync_check", "train_generator", "evaluate", "demo", "report"}
-    run(["snakemake", "--cores", "2"], repo_copy)
-    assert (repo_copy / "data/raw/embedded/source.json").stat().st_mtime_ns == record_mtime
-    assert (repo_copy / "data/manifests/embedded.parquet").stat().st_mtime_ns == manifest_mtime
-    assert jobs_planned(repo_copy) == set()
+    params["data"]["embedded"]["seed"] = 1
+    assert planned_for(root, params, base) == {"acquire", "index", "preprocess", "gather"} | ALL_AFTER_PREPROCESS
+    assert jobs_planned(root) == set()  # putting a value back makes the graph up to date again
 
     # a stage's own source file
-    code = repo_copy / "pipeline/preprocess/gather.py"
-    code.write_text(code.read_text() + "\n# edited\n")
-    assert jobs_planned(repo_copy) == {"gather", "train_sync_expert", "sync_check", "train_generator", "evaluate", "demo", "report"}
-    run(["snakemake", "--cores", "2"], repo_copy)
+    code = root / "pipeline/preprocess/gather.py"
+    text, stat = code.read_text(), code.stat()
+    code.write_text(text + "\n# edited\n")
+    assert jobs_planned(root) == {"gather"} | ALL_AFTER_PREPROCESS
+    code.write_text(text)
+    os.utime(code, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert jobs_planned(root) == set()
 
-    # a param of sync_check: that stage and the generators it feeds
-    params["sync_check"]["search"] = 14
-    set_params(repo_copy, params)
-    assert jobs_planned(repo_copy) == {"sync_check", "train_generator", "evaluate", "demo", "report"}
-    run(["snakemake", "--cores", "2"], repo_copy)
-
-    # a param of the last stage: that stage alone
-    params["generator"]["gan_warmup"] = 1
-    set_params(repo_copy, params)
-    assert jobs_planned(repo_copy) == {"train_generator", "evaluate", "demo", "report"}
-    run(["snakemake", "--cores", "2"], repo_copy)
-
-    # a param of the last stages: those alone
+    # a real re-run after a change of the last stages: only those run, upstream files stay untouched
+    record_mtime = (root / "data/raw/embedded/source.json").stat().st_mtime_ns
+    model_mtime = (root / "models/generator/memory/generator.pt").stat().st_mtime_ns
+    params = tiny_params()
     params["evaluate"]["sample_videos"] = 1
-    set_params(repo_copy, params)
-    assert jobs_planned(repo_copy) == {"evaluate", "report"}
-    run(["snakemake", "--cores", "2"], repo_copy)
+    set_params(root, params)
+    assert jobs_planned(root) == {"evaluate", "report"}
+    out = run(["snakemake", "--cores", "2"], root)
+    assert "rule evaluate:" in out.stdout + out.stderr and "rule train_generator:" not in out.stdout + out.stderr
+    assert (root / "data/raw/embedded/source.json").stat().st_mtime_ns == record_mtime
+    assert (root / "models/generator/memory/generator.pt").stat().st_mtime_ns == model_mtime
+    assert jobs_planned(root) == set()
 
-    # a param of index: index and what depends on it
-    params["index"]["min_frames"] = 10
-    set_params(repo_copy, params)
-    assert jobs_planned(repo_copy) == {"index", "preprocess", "gather", "train_sync_expert", "sync_check",
-                                       "train_generator", "evaluate", "demo", "report"}
-
-    # a param of acquire: everything
-    params["data"]["embedded"]["seed"] = 1
-    set_params(repo_copy, params)
-    assert jobs_planned(repo_copy) == {"acquire", "index", "preprocess", "gather", "train_sync_expert", "sync_check",
-                                       "train_generator", "evaluate", "demo", "report"}
+    # DVC agrees with what Snakemake made: after `dvc commit` nothing is out of date, and
+    # `dvc repro` of a cheap stage re-creates the same file
+    run(["dvc", "commit", "-f"], root)
+    assert dvc_changed(root) == set()
+    before = (root / "metrics/evaluate.json").read_text()
+    out = run(["dvc", "repro", "--force", "--single-item", "evaluate"], root).stdout
+    assert "Running stage 'evaluate'" in out
+    assert (root / "metrics/evaluate.json").read_text() == before
+    assert dvc_changed(root) == set()
 
     # an override that would bypass params.yaml is refused, with the way to apply it
-    proc = run(["snakemake", "--cores", "1", "--dry-run", "--config", "index={'min_frames': 12}"], repo_copy, check=False)
+    proc = run(["snakemake", "--cores", "1", "--dry-run", "--config", "index={'min_frames': 12}"], root, check=False)
     assert proc.returncode != 0
     assert "differs from params.yaml" in proc.stdout + proc.stderr and "preset" in proc.stdout + proc.stderr
-    other = repo_copy / "other.yaml"
+    other = root / "other.yaml"
     other.write_text(yaml.safe_dump({"index": {"min_frames": 12}}))
-    proc = run(["snakemake", "--cores", "1", "--dry-run", "--configfile", str(other)], repo_copy, check=False)
+    proc = run(["snakemake", "--cores", "1", "--dry-run", "--configfile", str(other)], root, check=False)
     assert proc.returncode != 0 and "differs from params.yaml" in proc.stdout + proc.stderr
 
     # an invalid params.yaml is refused by the schema before any job starts
     params["index"]["min_frames"] = "ten"
-    set_params(repo_copy, params)
-    proc = run(["snakemake", "--cores", "1", "--dry-run"], repo_copy, check=False)
+    set_params(root, params)
+    proc = run(["snakemake", "--cores", "1", "--dry-run"], root, check=False)
     assert proc.returncode != 0 and "min_frames" in proc.stdout + proc.stderr
 
 
 def dvc_changed(root: Path) -> set[str]:
     proc = run(["dvc", "status", "--json"], root)
-    import json
-
     return set(json.loads(proc.stdout or "{}"))
 
 
 @pytest.mark.slow
-def test_dvc_caches_and_reruns_only_what_changed(repo_copy, tmp_path):
-    set_params(repo_copy, tiny_params())
-    subprocess.run(["git", "commit", "-qam", "tiny"], cwd=repo_copy, env=git_env(), check=True)
-    run(["dvc", "repro"], repo_copy)
-    assert (repo_copy / "dvc.lock").is_file()
-    second = run(["dvc", "repro"], repo_copy)
+def test_dvc_caches_and_reruns_only_what_changed(tiny_run, tmp_path):
+    root = copy_repo(tmp_path / "repo")
+    set_params(root, tiny_params())
+    subprocess.run(["git", "commit", "-qam", "tiny"], cwd=root, env=git_env(), check=True)
+    run(["dvc", "repro"], root)
+    assert (root / "dvc.lock").is_file()
+    second = run(["dvc", "repro"], root)
     assert "Data and pipelines are up to date" in second.stdout
-    assert dvc_changed(repo_copy) == set()
+    assert dvc_changed(root) == set()
 
-    params = tiny_params()
-    params["preprocess"]["smooth_window"] = 3
-    set_params(repo_copy, params)
-    assert dvc_changed(repo_copy) == {"preprocess@0", "preprocess@1", "gather"}
-    out = run(["dvc", "repro"], repo_copy).stdout
-    assert "Running stage 'preprocess@0'" in out and "Running stage 'gather'" in out
-    assert "Running stage 'train_sync_expert'" in out and "Running stage 'sync_check'" in out
-    assert "Running stage 'train_generator@memory'" in out and "Running stage 'train_generator@no_memory'" in out
-    assert "Running stage 'acquire'" not in out and "Running stage 'index'" not in out
-
-    code = repo_copy / "pipeline/data/manifest.py"
-    code.write_text(code.read_text() + "\n# edited\n")
-    assert dvc_changed(repo_copy) == {"index"}
-
-    params["data"]["embedded"]["seed"] = 1
-    set_params(repo_copy, params)
-    assert dvc_changed(repo_copy) == {"acquire", "index"}  # downstream follows once their inputs change
-
-    # the same params through Snakemake give the same data: the two tools agree on outputs too
-    other = copy_repo(tmp_path / "smk")
-    params["data"]["embedded"]["seed"] = 0
-    set_params(repo_copy, params)
-    set_params(other, params)
-    run(["dvc", "repro"], repo_copy)
-    run(["snakemake", "--cores", "2"], other)
+    # the same params through Snakemake (the tiny_run) gave the same data: the tools agree on outputs
     for table in ("data/manifests/embedded.parquet", "data/processed/embedded/index.parquet"):
-        pd.testing.assert_frame_equal(pd.read_parquet(repo_copy / table), pd.read_parquet(other / table))
+        pd.testing.assert_frame_equal(pd.read_parquet(root / table), pd.read_parquet(tiny_run / table))
     for table in ("metrics/train_sync_expert.json", "metrics/sync_check.json",  # seeded CPU training
-                  "metrics/train_generator_memory.json", "metrics/train_generator_no_memory.json"):
-        assert json.loads((repo_copy / table).read_text()) | {"train_seconds": 0} == \
-            json.loads((other / table).read_text()) | {"train_seconds": 0}
+                  "metrics/train_generator_memory.json", "metrics/train_generator_no_memory.json",
+                  "metrics/evaluate.json"):
+        assert json.loads((root / table).read_text()) | {"train_seconds": 0} == \
+            json.loads((tiny_run / table).read_text()) | {"train_seconds": 0}, table
     for k in (0, 1):
         meta = "data/processed/embedded/shards/shard-{}/meta.json".format(k)
-        assert (repo_copy / meta).read_text() == (other / meta).read_text()  # same bytes, same checksums
+        assert (root / meta).read_text() == (tiny_run / meta).read_text()  # same bytes, same checksums
+
+    base = tiny_params()
+    params = tiny_params()
+    params["preprocess"]["smooth_window"] = 3
+    set_params(root, params)
+    assert dvc_changed(root) == {"preprocess@0", "preprocess@1", "gather"}  # downstream follows once inputs change
+    params["data"]["embedded"]["seed"] = 1
+    set_params(root, params)
+    assert dvc_changed(root) == {"acquire", "preprocess@0", "preprocess@1", "gather"}
+    set_params(root, base)
+    assert dvc_changed(root) == set()
+
+    code = root / "pipeline/data/manifest.py"
+    text = code.read_text()
+    code.write_text(text + "\n# edited\n")
+    assert dvc_changed(root) == {"index"}
+    code.write_text(text)
+
+    # a real re-run after a change of a late stage: that stage and what follows, nothing before
+    params = tiny_params()
+    params["generator"]["gan_warmup"] = 1
+    set_params(root, params)
+    out = run(["dvc", "repro"], root).stdout
+    assert "Running stage 'train_generator@memory'" in out and "Running stage 'train_generator@no_memory'" in out
+    assert "Running stage 'evaluate'" in out
+    for stage in ("acquire", "index", "preprocess@0", "gather", "train_sync_expert", "sync_check"):
+        assert f"Running stage '{stage}'" not in out, stage
+    assert dvc_changed(root) == set()
 
 
 def stage_pids(root: Path, stage: str) -> list[int]:
@@ -320,7 +316,8 @@ def kill_after_checkpoint(root: Path, popen: subprocess.Popen, timeout: float = 
 
 
 @pytest.mark.slow
-def test_a_killed_generator_continues_under_snakemake_and_under_dvc(repo_copy):
+def test_a_killed_generator_continues_under_snakemake_and_under_dvc(tiny_run, tmp_path):
+    repo_copy = clone_run(tiny_run, tmp_path / "repo")
     params = tiny_params()
     params["generator"].update(variants=["memory"], max_steps=24, checkpoint_every=2, eval_every=12)
     set_params(repo_copy, params)
