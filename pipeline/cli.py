@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
+import socket
 import sys
 import time
 
@@ -57,6 +60,14 @@ def _summary_items(summary: dict) -> list[tuple[str, object]]:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith(("params.", "build_"))]
 
 
+def loop_launched() -> bool:
+    """True when a launcher (srun, torchrun) started this stage as one of several processes."""
+    from .runtime import launcher_env
+
+    env = launcher_env()
+    return env is not None and env[1] > 1
+
+
 def _run_stage(name: str, args) -> int:
     import importlib
     import inspect
@@ -66,7 +77,13 @@ def _run_stage(name: str, args) -> int:
     params = config.load(args.params)  # exit 2 before any work when invalid
     spec = STAGES[name]
     view = config.stage_view(params, spec.params)
-    runtime.setup_logging(args.log)
+    # processes started together by srun/torchrun, or a SLURM job run again after a requeue, add
+    # to the log (no rank may truncate what another has written)
+    runtime.setup_logging(args.log, append=loop_launched() or runtime.slurm_restarts() > 0)
+    if os.environ.get("SLURM_JOB_ID"):
+        log.info("%s: SLURM job %s (restart %d, task %s of %s) on %s", name, os.environ["SLURM_JOB_ID"],
+                 runtime.slurm_restarts(), os.environ.get("SLURM_PROCID", "0"), os.environ.get("SLURM_NTASKS", "1"),
+                 socket.gethostname())
     module = importlib.import_module(RUNNERS[name])
     extra = {"shard": args.shard} if name == "preprocess" else {}
     run_name = f"{name}-{args.shard}" if name == "preprocess" else name
@@ -233,5 +250,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if isinstance(exc, Preempted):
             print(f"preempted: {exc}", file=sys.stderr)
+            from . import runtime
+
+            if exc.signum == signal.SIGUSR1 and runtime.slurm_requeue():
+                print("requeued the SLURM job: it continues from the checkpoint when it starts again", file=sys.stderr)
             return 128 + exc.signum
         raise

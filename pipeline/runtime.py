@@ -30,14 +30,79 @@ def available_cores() -> int:
     return max(1, n)
 
 
+def launcher_env() -> tuple[int, int, int] | None:
+    """(rank, world_size, local_rank) when torchrun or srun started this process as one of
+    several, else None."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
+        return int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"]), int(os.environ.get("SLURM_LOCALID", 0))
+    return None
+
+
 def launcher_rank() -> int:
     """This process's rank when torchrun or srun started several (0 otherwise): only rank 0
     writes outputs and MLflow runs (DESIGN §7)."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return int(os.environ["RANK"])
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
-        return int(os.environ["SLURM_PROCID"])
-    return 0
+    env = launcher_env()
+    return env[0] if env else 0
+
+
+def slurm_restarts() -> int:
+    """How many times SLURM has started this job again (requeue after preemption or USR1).
+    SLURM_RESTART_COUNT when set; Snakemake's job-step plugin drops it from the stage's
+    environment (it keeps SLURM_JOB_ID), so then `scontrol show job` says."""
+    value = os.environ.get("SLURM_RESTART_COUNT")
+    if value is not None:
+        return int(value) if value.isdigit() else 0
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return 0
+    import re
+    import subprocess
+
+    try:
+        out = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    m = re.search(r"\bRestarts=(\d+)", out)
+    return int(m.group(1)) if m else 0
+
+
+def slurm_requeue() -> bool:
+    """Put this SLURM job back in the queue (rank 0 of a job started with --requeue), so that it
+    starts again and resumes from its checkpoint. False outside SLURM or when SLURM refuses."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job or launcher_rank() != 0:
+        return False
+    import subprocess
+
+    proc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    if proc.returncode != 0:
+        log.warning("scontrol requeue %s failed (%s): re-run the stage to continue", job, proc.stderr.strip())
+        return False
+    return True
+
+
+def slurm_master() -> tuple[str, int] | None:
+    """DDP rendezvous for tasks started by srun: the job's first node and a port derived from the
+    job id (the same on every task without any exchange); None outside a multi-task SLURM step."""
+    job, nodes = os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
+    if not job or not nodes or int(os.environ.get("SLURM_NTASKS", "1")) < 2:
+        return None
+    return first_host(nodes), 20000 + int(job) % 20000
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: 'gpu[07-09,12],cpu1' -> 'gpu07'."""
+    import re
+
+    m = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if not m:
+        raise ValueError(f"cannot read SLURM node list {nodelist!r}")
+    prefix, ranges = m.group(1), m.group(2)
+    if not ranges:
+        return prefix
+    return prefix + ranges.split(",")[0].split("-")[0]
 
 
 def workers(requested: int) -> int:

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -236,11 +237,17 @@ def set_params(root: Path, params: dict) -> None:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A repository copy in which Snakemake ran the whole default graph once at test size
-    (tiny_params, committed). Tests copy it with `clone_run` instead of running the graph again."""
+    (tiny_params, committed). Tests copy it with `clone_run` instead of running the graph again.
+    PIPELINE_TEST_TINY_RUN=<folder> reuses such a run across pytest sessions (test development)."""
+    reuse = os.environ.get("PIPELINE_TEST_TINY_RUN")
+    if reuse and (Path(reuse) / ".run_seconds").is_file():
+        return Path(reuse)
     root = copy_repo(tmp_path_factory.mktemp("tiny_run") / "repo")
     set_params(root, tiny_params())
     subprocess.run(["git", "commit", "-qam", "tiny params"], cwd=root, env=git_env(), check=True)
+    started = time.time()
     run_tool(["snakemake", "--cores", "2"], root)
+    (root / ".run_seconds").write_text(f"{time.time() - started:.1f}")  # the SLURM test compares
     return root
 
 

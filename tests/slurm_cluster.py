@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
+MUNGE_SOCKET = "/run/munge/munge.socket.2"
+CONF_LINK = "/run/slurm/conf"
 
 
 def missing_tools() -> list[str]:
@@ -48,11 +50,12 @@ class Cluster:
 
     @property
     def env(self) -> dict[str, str]:
-        """Environment for SLURM commands (and Snakemake's executor) that talk to this cluster."""
-        return {**os.environ, "SLURM_CONF": str(self.conf)}
+        """What SLURM commands (and Snakemake's executor) need on top of their environment to
+        talk to this cluster."""
+        return {"SLURM_CONF": str(self.conf)}
 
     def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run(list(cmd), env=self.env, capture_output=True, text=True)
+        proc = subprocess.run(list(cmd), env={**os.environ, **self.env}, capture_output=True, text=True)
         if check and proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr}")
         return proc
@@ -81,7 +84,6 @@ SlurmdPort={_free_port()}
 SlurmUser={user}
 SlurmdUser={user}
 AuthType=auth/munge
-AuthInfo=socket={r}/munge/munge.socket
 CredType=cred/munge
 StateSaveLocation={r}/state
 SlurmdSpoolDir={r}/spool
@@ -90,7 +92,7 @@ SlurmdPidFile={r}/slurmd.pid
 SlurmctldLogFile={r}/slurmctld.log
 SlurmdLogFile={r}/slurmd.log
 ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+TaskPlugin=task/affinity
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 JobAcctGatherType=jobacct_gather/none
@@ -103,6 +105,7 @@ MinJobAge=300
 KillWait=10
 InactiveLimit=0
 JobRequeue=1
+SlurmctldParameters=enable_configless
 NodeName={host} CPUs={cpus} RealMemory={mem} State=UNKNOWN
 PartitionName={self.partition} Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """)
@@ -110,12 +113,20 @@ PartitionName={self.partition} Nodes={host} Default=YES MaxTime=INFINITE State=U
     def start(self, timeout: float = 60) -> "Cluster":
         self.write_config()
         r = self.root
-        subprocess.run(["munged", "--force", f"--socket={r}/munge/munge.socket", f"--key-file={r}/munge/munge.key",
+        # munged on its default socket: a configless slurmd authenticates before it has the config
+        Path(MUNGE_SOCKET).parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["munged", "--force", f"--socket={MUNGE_SOCKET}", f"--key-file={r}/munge/munge.key",
                         f"--pid-file={r}/munged.pid", f"--log-file={r}/munged.log",
                         f"--seed-file={r}/munge/munged.seed"], check=True, capture_output=True)
         self.pids["munged"] = self._wait_pid(r / "munged.pid", timeout)
+        host = socket.gethostname().split(".")[0]
+        port = next(l.split("=")[1] for l in self.conf.read_text().splitlines() if l.startswith("SlurmctldPort="))
+        # slurmd runs "configless" (it fetches slurm.conf from slurmctld and caches it under
+        # /run/slurm/conf), as on many real clusters: commands inside jobs find the config there
+        # even when SLURM_CONF is not passed down (the SLURM job-step plugin drops it for srun)
+        starts = {"slurmctld": ["slurmctld", "-f", str(self.conf)], "slurmd": ["slurmd", "--conf-server", f"{host}:{port}"]}
         for daemon in ("slurmctld", "slurmd"):
-            proc = subprocess.run([daemon, "-f", str(self.conf)], env=self.env, capture_output=True, text=True)
+            proc = subprocess.run(starts[daemon], env={**os.environ, **self.env}, capture_output=True, text=True)
             if proc.returncode != 0:
                 self.stop()
                 raise RuntimeError(f"{daemon} did not start: {proc.stderr}\n{self.log(daemon)}")
@@ -157,6 +168,12 @@ PartitionName={self.partition} Nodes={host} Default=YES MaxTime=INFINITE State=U
                 time.sleep(0.1)
             else:
                 os.kill(pid, signal.SIGKILL)
+        # the configless slurmd's link to its cached config: left behind, every SLURM command
+        # (and each Snakemake start, whose SLURM plugin asks `scontrol show config`) would spend
+        # ~9 s trying to reach this stopped controller
+        link = Path(CONF_LINK)
+        if link.is_symlink() and str(os.readlink(link)).startswith(str(self.root)):
+            link.unlink()
 
     def wait_idle(self, timeout: float = 600) -> None:
         """Until no job is pending or running."""

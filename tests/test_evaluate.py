@@ -95,12 +95,55 @@ def test_evaluate_writes_every_metric_for_every_system(evaluated):
     assert frames.shape[2] == 4 * frames.shape[1]  # ground truth | composite | memory | no_memory
     assert len(ffmpeg.read_audio(video)) > 0
 
+    # cross_audio (pairs: auto): every test clip's face with the next clip's speech, LSE only
+    assert m["cross_audio_pairs"] == 3
+    for system in ("ground_truth", "composite", "memory", "no_memory"):
+        for metric in ("lse_d", "lse_c", "offset_abs"):
+            assert np.isfinite(m[f"cross_audio_{system}_{metric}"]), (system, metric)
+        assert f"cross_audio_{system}_psnr" not in m  # no ground truth for a foreign-audio video
+    pairs = pd.read_csv(proj / "reports/eval/per_pair_cross_audio.csv")
+    assert (pairs.audio_clip != pairs.video_clip).all() and len(pairs) == 3 * 4
+    cross = next((proj / "reports/eval/samples").glob("cross_*.mp4"))
+    assert ffmpeg.read_frames(cross).shape[2] == 4 * frames.shape[1]
+
+
+def test_cross_audio_pair_lists_name_clips_by_id_or_tail_and_bad_lines_are_named(processed, tmp_path):
+    from pipeline.errors import PipelineError
+    from pipeline.evaluate.run import cross_pairs
+    from pipeline.io.store import Store
+
+    work, _ = processed
+    store = Store(work / "data/processed/lrw")
+    test = store.index[store.index.split == "test"].reset_index(drop=True)
+    a, b = test.clip_id[0], test.clip_id[1]
+    assert cross_pairs(None, store, test) == []
+    assert cross_pairs("auto", store, test)[:2] == [(b, a), (test.clip_id[2], b)]
+    good = tmp_path / "pairs.txt"
+    tail = a.split("/", 1)[1]  # Wav2Lip names LRS2 clips without our 'main/' part: a unique tail is enough
+    good.write_text(f"# audio video\n{tail} {b}\n\n{b} {a}\n")
+    assert cross_pairs(str(good), store, test) == [(a, b), (b, a)]
+    bad = tmp_path / "bad.txt"
+    bad.write_text(f"{a} {b}\n{a} NOT/A/CLIP\n")
+    with pytest.raises(PipelineError, match=r"bad.txt:2: NOT/A/CLIP"):
+        cross_pairs(str(bad), store, test)
+    ambiguous = a.rsplit("/", 1)[1]  # the same file name exists in train, val and test
+    if (store.index.clip_id.str.rsplit("/", n=1).str[1] == ambiguous).sum() > 1:
+        bad.write_text(f"{ambiguous} {b}\n")
+        with pytest.raises(PipelineError, match="match several"):
+            cross_pairs(str(bad), store, test)
+    bad.write_text(f"{a}\n")
+    with pytest.raises(PipelineError, match="expected 'AUDIO_CLIP VIDEO_CLIP'"):
+        cross_pairs(str(bad), store, test)
+    with pytest.raises(PipelineError, match="not found"):
+        cross_pairs(str(tmp_path / "missing.txt"), store, test)
+
 
 def test_report_page_has_every_section(evaluated):
     proj, _ = evaluated
     page = (proj / "reports/html/index.html").read_text()
     for text in ("Evaluation on the test split", "Published figures", "not comparable", "Training curves",
-                 "Samples", "Sync check", "Audio-Lip Memory", "own_expert", "mediapipe"):
+                 "Samples", "Sync check", "Audio-Lip Memory", "own_expert", "mediapipe", "Cross-audio",
+                 "cross-audio: "):
         assert text in page, text
     for png in ("curves_sync_expert.png", "curves_generator_memory.png", "curves_generator_no_memory.png",
                 "samples_0.png", "offsets_hist.png", "memory_word.png"):
@@ -109,6 +152,11 @@ def test_report_page_has_every_section(evaluated):
     assert "demo.mp4" in page and (proj / "reports/html/demo.mp4").is_file()
     demo = json.loads((proj / "reports/demo/demo.json").read_text())
     assert demo["face"] != demo["speech"] and demo["frames"] > 0
+    # the mouth-follows-speech check ran on every pair (values: the model trained for seconds)
+    assert demo["pairs"] == len(demo["per_pair"]) >= 2
+    for key in ("mean_mouth_corr_driving", "mean_mouth_corr_original", "mean_input_mouth_corr_driving"):
+        assert -1 <= demo[key] <= 1, key
+    assert demo["mouth_frames"] == demo["frames"] and "Does the mouth follow the driving speech" in page
     summary = json.loads((proj / "metrics/report.json").read_text())
     assert 0 < summary["memory_usage_entropy"] <= np.log(12) + 1e-6
 
@@ -189,3 +237,30 @@ def test_cli_help_lists_infer_and_compare():
     out = subprocess.run([sys.executable, "-m", "pipeline", "--help"], cwd=REPO, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
     assert "infer" in out and "compare" in out and "evaluate" in out and "report" in out
+
+
+def test_mouth_opening_follows_its_own_speech_on_real_clips(embedded_corpus):
+    """The measure behind the demo's check: on the corpus's clips (mouths moved by the phonemes
+    of their own audio), the opening correlates with the clip's own speech envelope far more than
+    with a clip of another word."""
+    from pipeline.evaluate import mouth_sync
+    from pipeline.infer import read_speech
+
+    _, corpus_dir, _ = embedded_corpus
+    clips = sorted(corpus_dir.glob("lipread_mp4/*/*/*.mp4"))
+    openings, envelopes, words = [], [], []
+    for clip in clips:
+        frames = ffmpeg.read_frames(clip)
+        openings.append(mouth_sync.mouth_opening(frames))
+        envelopes.append(mouth_sync.envelope(read_speech(clip), len(frames)))
+        words.append(clip.parent.parent.name)
+        assert np.isfinite(openings[-1]).all() and np.ptp(openings[-1]) > 0.05  # a face in every frame; the mouth moves
+    own = [mouth_sync.follows(o, e)[0] for o, e in zip(openings, envelopes)]
+    other = [mouth_sync.follows(openings[i], envelopes[j])[0] for i in range(len(clips)) for j in range(len(clips))
+             if words[i] != words[j]]
+    assert np.mean(own) > np.mean(other) + 0.15, (own, np.mean(other))
+    # the lag search and the envelope are what they claim
+    env = mouth_sync.envelope(np.r_[np.zeros(640), np.ones(640)].astype(np.float32), 3)
+    assert env.tolist() == [0.0, 1.0, 0.0]
+    r, lag = mouth_sync.follows(np.roll(own_env := envelopes[0], 1), own_env)
+    assert lag == -1 and r > 0.9

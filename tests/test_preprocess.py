@@ -121,6 +121,7 @@ def test_shard_fails_when_too_many_clips_are_rejected(embedded_corpus, tmp_path)
     _, corpus_dir, _ = embedded_corpus
     root = lrw_from_corpus(corpus_dir, tmp_path / "LRW", bad=False)
     train = sorted((root / "lipread_mp4").glob("*/train/*.mp4"))
+    good, stat = train[0].read_bytes(), train[0].stat()
     frames = ffmpeg.read_frames(train[0])
     ffmpeg.write_mp4(train[0], np.zeros_like(frames), 25, ffmpeg.read_audio(train[0]), 16000)  # no face at all
     lrw_project(tmp_path, root, max_reject_fraction=0.0)
@@ -128,6 +129,12 @@ def test_shard_fails_when_too_many_clips_are_rejected(embedded_corpus, tmp_path)
     assert proc.returncode == 1
     assert "1 of 7 clips rejected" in proc.stderr and "max_reject_fraction" in proc.stderr and "no face" in proc.stderr
     assert not (tmp_path / "data/processed/lrw/shards/shard-0").exists()
+    # the user puts the good file back: the re-run tries the rejected clip again, reuses the rest
+    train[0].write_bytes(good)
+    os.utime(train[0], ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    proc = run_cli(["preprocess", "--shard", "0", "--log", "re.log"], cwd=tmp_path, check=True)
+    assert "6 already done" in (tmp_path / "re.log").read_text() and "1 rejected before tried again" in (tmp_path / "re.log").read_text()
+    assert "clips=7" in proc.stdout
 
 
 def test_jpeg_storage_matches_raw_within_codec_noise(embedded_corpus, processed, tmp_path):

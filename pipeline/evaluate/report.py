@@ -127,6 +127,18 @@ def run(view: dict) -> dict:
                      "(<code>pipeline/evaluate/anchors.yaml</code>); SyncTalkFace's own table is not yet among them.</p>"
                      + anchors_html(network, ds)))
 
+    cross_path = eval_dir / "eval_table_cross_audio.csv"
+    if cross_path.is_file():
+        cross = pd.read_csv(cross_path).set_index("system")
+        shown_cross = cross[[c for c in ("lse_d", "lse_c", "offset_abs", "pairs") if c in cross]]
+        sections.append(("Cross-audio: faces driven by other clips' speech", (
+            f"<p>{int(cross.pairs.iloc[0])} pairs (a face clip, another clip's audio; cut to the shorter). No ground "
+            "truth exists for these videos, so only LSE is measured; <i>ground_truth</i> is the untouched face with the "
+            "foreign audio, i.e. what no lip-sync scores, and <i>composite</i> the reference-mouth copy. This is the "
+            "protocol of Wav2Lip's LRS2 test pairs and the harder test of lip-sync: reconstruction lets a "
+            f"model copy the mouth it sees. LSE by <b>{html.escape(str(cross.lse_network.iloc[0]))}</b>.</p>"
+            + shown_cross.to_html(float_format=lambda v: f"{v:.3f}", classes="tbl"))))
+
     imgs = []
     if curves_png(paths.plot("train_sync_expert"), [["train_loss", "val_loss"], ["val_acc", "val_acc_voiced"]],
                   "sync expert", tmp / "curves_sync_expert.png"):
@@ -140,19 +152,33 @@ def run(view: dict) -> dict:
 
     systems = (eval_dir / "systems.txt").read_text().splitlines()[0].split(": ", 1)[1].split(" | ") \
         if (eval_dir / "systems.txt").is_file() else list(table.index)
-    samples = sorted((eval_dir / "samples").glob("*.mp4"))
+    videos = sorted((eval_dir / "samples").glob("*.mp4"))
+    recon = [v for v in videos if not v.name.startswith("cross_")]
+    cross_videos = [v for v in videos if v.name.startswith("cross_")]
     sample_html = []
-    for k, video in enumerate(samples[:2]):
+    for k, video in enumerate(recon[:2] + cross_videos[:1]):
         name = f"samples_{k}.png"
         if sample_frames_png(video, systems, tmp / name):
             shutil.copy2(video, tmp / video.name)
-            sample_html.append(f"<figure><img src='{name}'><figcaption>{html.escape(video.stem)} "
+            what = "cross-audio: " if video in cross_videos else "reconstruction: "
+            sample_html.append(f"<figure><img src='{name}'><figcaption>{what}{html.escape(video.stem)} "
                                f"(<a href='{html.escape(video.name)}'>video with sound</a>)</figcaption></figure>")
     demo = paths.demo_dir() / "demo.mp4"
     if demo.is_file():
         shutil.copy2(demo, tmp / "demo.mp4")
         sample_html.append("<p>Demo (a test face driven by another clip's speech): "
                            "<video controls src='demo.mp4' width='320'></video></p>")
+        info = paths.demo_dir() / "demo.json"
+        d = json.loads(info.read_text()) if info.is_file() else {}
+        if "mean_mouth_corr_driving" in d:
+            sample_html.append(
+                "<p>Does the mouth follow the driving speech? Correlation of the output's mouth opening "
+                "(face-mesh inner-lip gap / mouth width) with the speech envelope, over "
+                f"{d['pairs']} face/speech pairs of the test split: with the driving speech "
+                f"<b>{d['mean_mouth_corr_driving']:.3f}</b>, with the face clip's own audio "
+                f"{d['mean_mouth_corr_original']:.3f} (the input video's mouth against the driving speech: "
+                f"{d['mean_input_mouth_corr_driving']:.3f}); {d['pairs_following_driving']} of {d['pairs']} pairs "
+                "follow the driving speech more than the original audio.</p>")
     sections.append(("Samples", "".join(sample_html) or "<p>No sample videos.</p>"))
 
     hist = paths.sync_check_dir(ds) / "offsets_hist.png"

@@ -1,4 +1,5 @@
-"""The evaluate stage (DESIGN §6): every system on the test split, protocol `reconstruction`.
+"""The evaluate stage (DESIGN §6): every system on the test split, protocols `reconstruction` and
+`cross_audio`.
 
 All test clips are scored (the ones sync_check flags are counted, not dropped: the benchmark is
 the split). Systems: `ground_truth` (the test crops themselves: the upper reference row every table needs,
@@ -9,6 +10,13 @@ clip (half a clip away). Per system: PSNR and SSIM of the crop and of the mouth 
 (mediapipe lip points, crop pixels), and LSE-D / LSE-C on the system's video file (H.264 at
 25 fps with the clip's audio), by SyncNet v2 when `evaluate.syncnet_v2` names the public
 weights, else by the project's own expert; every output names the network.
+
+Protocol `cross_audio` (when `evaluate.pairs` is set): each pair's face clip driven by another
+clip's speech, as Wav2Lip's LRS2 test pairs (a file of `AUDIO_CLIP VIDEO_CLIP` lines, Wav2Lip's
+order; `auto` pairs every test clip with the next one's audio). There is no ground truth for
+such a video, so only LSE-D/LSE-C are measured; the `ground_truth` row is the untouched face clip
+with the foreign audio (what no lip-sync scores) and `composite` the reference-mouth copy. Both
+clips are cut to the shorter one.
 """
 from __future__ import annotations
 
@@ -35,6 +43,55 @@ from .metrics import mouth, psnr_frames, ssim_frames
 
 log = logging.getLogger("pipeline.evaluate")
 METRICS = ["psnr", "ssim", "psnr_mouth", "ssim_mouth", "lmd", "lse_d", "lse_c"]
+CROSS_METRICS = ["lse_d", "lse_c"]
+
+
+def cross_pairs(spec: str | None, store: Store, clips: pd.DataFrame) -> list[tuple[str, str]]:
+    """(audio clip id, video clip id) pairs of the cross_audio protocol; checked before any work.
+    A pair file names clips by their clip_id or by its tail (Wav2Lip's `6339758276407584924/00098`
+    is our `main/6339758276407584924/00098`)."""
+    if spec is None:
+        return []
+    ids = list(clips.clip_id)
+    if spec == "auto":
+        if len(ids) < 2:
+            raise PipelineError("evaluate.pairs: auto needs at least 2 test clips to pair")
+        return [(ids[(i + 1) % len(ids)], ids[i]) for i in range(len(ids))]
+    path = Path(spec)
+    if not path.is_file():
+        raise PipelineError(f"evaluate.pairs: {path} not found (a file of 'AUDIO_CLIP VIDEO_CLIP' lines, or auto)")
+    known = set(store.index.clip_id)
+    by_tail: dict[str, list[str]] = {}
+    for cid in known:
+        parts = cid.split("/")
+        for k in range(1, len(parts)):
+            by_tail.setdefault("/".join(parts[k:]), []).append(cid)
+
+    def resolve(token: str) -> str | None:
+        if token in known:
+            return token
+        hits = by_tail.get(token, [])
+        return hits[0] if len(hits) == 1 else None
+
+    pairs, bad = [], []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.split("#")[0].strip()
+        if not line:
+            continue
+        tokens = line.split()
+        if len(tokens) != 2:
+            raise PipelineError(f"{path}:{n}: expected 'AUDIO_CLIP VIDEO_CLIP', got {line!r}")
+        got = [resolve(t) for t in tokens]
+        if None in got:
+            bad.append(f"{path}:{n}: " + ", ".join(t for t, g in zip(tokens, got) if g is None))
+        else:
+            pairs.append((got[0], got[1]))
+    if bad:
+        raise PipelineError(f"{len(bad)} line(s) of {path} name clips that are not in {store.root} "
+                            f"(or match several):\n  " + "\n  ".join(bad[:10]))
+    if not pairs:
+        raise PipelineError(f"{path} holds no pairs")
+    return pairs
 
 
 def test_clips(view: dict, store: Store) -> tuple[pd.DataFrame, int]:
@@ -87,6 +144,7 @@ def run(view: dict, tracker=None) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     store = Store(root)
     clips, excluded = test_clips(view, store)
+    pairs = cross_pairs(cfg["pairs"], store, clips)
     systems = systems_for(view)
     models = {name: gen.load_generator(p, device) for name, p in systems.items() if p is not None}
     scorer = lse.make_scorer(cfg["syncnet_v2"], paths.model_dir("sync_expert") / "expert.pt", device,
@@ -122,6 +180,7 @@ def run(view: dict, tracker=None) -> dict:
             if k < cfg["sample_videos"]:
                 side = np.concatenate([outputs[n] for n in outputs], axis=2)
                 ffmpeg.write_mp4(tmp_out / "samples" / f"{row.clip_id.replace('/', '_')}.mp4", side, 25, audio, 16000)
+        cross_rows = cross_audio(pairs, store, ds, models, scorer, Path(tmp), tmp_out / "samples", cfg["sample_videos"])
     per_clip = pd.DataFrame(rows)
     table = per_clip.groupby("system", sort=False)[METRICS + ["offset", "lmd_frames"]].mean()
     table["offset_abs"] = per_clip.assign(o=per_clip.offset.abs()).groupby("system", sort=False).o.mean()
@@ -129,6 +188,15 @@ def run(view: dict, tracker=None) -> dict:
     table["lse_network"] = scorer.network
     table.reset_index().to_csv(tmp_out / "eval_table.csv", index=False, float_format="%.4f")
     per_clip.to_csv(tmp_out / "per_clip.csv", index=False, float_format="%.4f")
+    cross_table = None
+    if cross_rows:
+        cross = pd.DataFrame(cross_rows)
+        cross.to_csv(tmp_out / "per_pair_cross_audio.csv", index=False, float_format="%.4f")
+        cross_table = cross.groupby("system", sort=False)[CROSS_METRICS + ["offset"]].mean()
+        cross_table["offset_abs"] = cross.assign(o=cross.offset.abs()).groupby("system", sort=False).o.mean()
+        cross_table["pairs"] = cross.groupby("system", sort=False).size()
+        cross_table["lse_network"] = scorer.network
+        cross_table.reset_index().to_csv(tmp_out / "eval_table_cross_audio.csv", index=False, float_format="%.4f")
     (tmp_out / "systems.txt").write_text(
         f"systems in column order of the sample videos: {' | '.join(outputs)}\n"
         f"LSE network: {scorer.network}\nLMD landmarks: mediapipe face mesh, 40 lip points, crop pixels\n")
@@ -139,6 +207,11 @@ def run(view: dict, tracker=None) -> dict:
     for system, r in table.iterrows():
         for m in METRICS + ["offset_abs"]:  # null where undefined (LMD: no face found in the output)
             metrics[f"{system}_{m}"] = float(r[m]) if np.isfinite(r[m]) else None
+    if cross_table is not None:
+        metrics["cross_audio_pairs"] = len(pairs)
+        for system, r in cross_table.iterrows():
+            for m in CROSS_METRICS + ["offset_abs"]:
+                metrics[f"cross_audio_{system}_{m}"] = float(r[m]) if np.isfinite(r[m]) else None
     write_json_atomic(paths.metrics("evaluate"), metrics)
     if tracker is not None:
         tracker.set_tags({"lse_network": scorer.network, **{f"evaluates.{n}": _run_id(p) for n, p in systems.items() if p}})
@@ -146,7 +219,44 @@ def run(view: dict, tracker=None) -> dict:
         for f in sorted((out_dir / "samples").glob("*.mp4")):
             tracker.log_artifact(f, "eval/samples")
     log.info("evaluation table (%s for LSE):\n%s", scorer.network, table.to_string(float_format=lambda v: f"{v:.3f}"))
+    if cross_table is not None:
+        log.info("cross_audio (%d pairs):\n%s", len(pairs), cross_table.to_string(float_format=lambda v: f"{v:.3f}"))
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def cross_audio(pairs: list[tuple[str, str]], store: Store, dataset: str, models: dict, scorer, tmp: Path,
+                samples: Path, sample_videos: int) -> list[dict]:
+    """LSE of every system on face clips driven by other clips' speech (no ground truth exists)."""
+    from ..io import audio as audio_io
+
+    if not pairs:
+        return []
+    index = store.index.set_index("clip_id")
+    video_paths = pd.read_parquet(paths.manifest(dataset)).set_index("clip_id").video_path
+    rows = []
+    for k, (audio_id, video_id) in enumerate(pairs):
+        frames = store.frames(video_id)
+        a_row = pd.Series({"video_path": video_paths[audio_id], "n_frames": index.n_frames[audio_id]})
+        n = min(len(frames), int(a_row.n_frames))
+        frames = frames[:n]
+        wav = clip_audio(a_row, paths.raw_dir(dataset))[: n * 640]
+        mel = audio_io.melspectrogram(wav)
+        mels = gen.mel_windows(n, mel)
+        refs = gen.reference_frames(frames)
+        outputs = {"ground_truth": frames, "composite": composite(frames, refs)}
+        for name, model in models.items():
+            outputs[name] = gen.generate(model, frames, mels, refs)
+        for name, fake in outputs.items():
+            video = tmp / f"cross-{name}-{k}.mp4"
+            ffmpeg.write_mp4(video, fake, 25, wav, 16000)
+            sync = scorer(video, mel)
+            rows.append({"audio_clip": audio_id, "video_clip": video_id, "system": name, "lse_d": sync["min_dist"],
+                         "lse_c": sync["confidence"], "offset": sync["offset"]})
+        if k < sample_videos:
+            side = np.concatenate(list(outputs.values()), axis=2)
+            name = f"cross_{video_id.replace('/', '_')}__audio_{audio_id.replace('/', '_')}.mp4"
+            ffmpeg.write_mp4(samples / name, side, 25, wav, 16000)
+    return rows
 
 
 def _run_id(model_path: Path) -> str:

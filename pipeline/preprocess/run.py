@@ -130,6 +130,11 @@ def _work_on(args) -> tuple[str, str, int]:
     return result
 
 
+def _is_reject(path: Path) -> bool:
+    with np.load(path, allow_pickle=True) as z:
+        return str(z["kind"]) == "reject"
+
+
 def _load_finished(path: Path):
     with np.load(path, allow_pickle=True) as z:
         if str(z["kind"]) == "reject":
@@ -158,9 +163,11 @@ def run(view: dict, shard: int) -> dict:
     fp = fingerprint(per_clip, [manifest_path] + [Path(p) for p in _code_files()])
     work = paths.work_dir("preprocess", fp) / f"shard-{shard}"
     work.mkdir(parents=True, exist_ok=True)
-    todo = [r for r in rows if not _clip_file(work, r["clip_id"]).exists()]
-    log.info("shard %d/%d: %d clips, %d already done (resuming from %s)", shard, n_shards, len(rows),
-             len(rows) - len(todo), work)
+    # finished clips are reused; rejected ones are tried again (the file may have been fixed)
+    retried = [r for r in rows if _clip_file(work, r["clip_id"]).exists() and _is_reject(_clip_file(work, r["clip_id"]))]
+    todo = [r for r in rows if not _clip_file(work, r["clip_id"]).exists()] + retried
+    log.info("shard %d/%d: %d clips, %d already done (resuming from %s)%s", shard, n_shards, len(rows),
+             len(rows) - len(todo), work, f", {len(retried)} rejected before tried again" if retried else "")
     started = time.time()
     n_workers = max(1, min(workers(cfg["workers"]), len(todo) or 1))
     frames_done = 0

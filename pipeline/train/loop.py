@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..runtime import launcher_env  # noqa: F401  (used here and by callers of loop)
+
 
 @dataclass
 class Runtime:
@@ -48,15 +50,6 @@ class Runtime:
         return "cpu"
 
 
-def launcher_env() -> tuple[int, int, int] | None:
-    """(rank, world_size, local_rank) set by torchrun or SLURM, else None."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
-        return int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"]), int(os.environ.get("SLURM_LOCALID", 0))
-    return None
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -74,8 +67,11 @@ def setup(amp: bool = True, rank: int | None = None, world_size: int | None = No
     else:
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29500")
+        from ..runtime import slurm_master
+
+        master = slurm_master()  # srun tasks: the job's first node; torchrun sets both itself
+        os.environ.setdefault("MASTER_ADDR", master[0] if master else "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(master[1]) if master else "29500")
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size)
     rt = Runtime(device, rank, world_size, local_rank)
     if amp and device.type == "cuda":

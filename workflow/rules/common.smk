@@ -30,6 +30,19 @@ SHARDS = [str(paths.processed_shard(DATASET, k)) for k in config["preprocess"]["
 # generator variants (the memory ablation) and the GPUs each training job asks for
 VARIANTS = config["generator"]["variants"]
 GPUS = config["generator"]["gpus"]
+# a GPU setup (generator.gpus > 0): the expert asks for one GPU per DDP process
+EXPERT_GPUS = max(1, config["sync_expert"]["processes"]) if GPUS else 0
+
+
+def train_resources(gpus):
+    """Cluster resources of the training stages (local runs ignore them). SLURM: `gpus` GPUs (none
+    when 0) held by one task, because the stage starts its own DDP workers; and SIGUSR1 300 s
+    before the time limit, on which the stage checkpoints and requeues its job (--requeue is
+    set by the profile), so it continues where it stopped."""
+    res = {"gpu": gpus, "slurm_extra": "--signal=USR1@300"}
+    if gpus:
+        res["tasks_per_gpu"] = 0
+    return res
 
 
 def stage_code(stage):

@@ -17,6 +17,8 @@ rule train_sync_expert:
     benchmark:
         "logs/benchmarks/train_sync_expert.tsv"
     threads: workflow.cores
+    resources:
+        **train_resources(EXPERT_GPUS),
     conda:
         CONDA_ENV
     shell:
@@ -66,7 +68,7 @@ rule train_generator:
         variant="|".join(VARIANTS),
     threads: workflow.cores
     resources:
-        gpus=GPUS,
+        **train_resources(GPUS),
     conda:
         CONDA_ENV
     shell:
