@@ -66,7 +66,10 @@ class Cluster:
 
     def write_config(self) -> None:
         host = socket.gethostname().split(".")[0]
-        cpus = os.cpu_count() or 1
+        # twice the machine's cores (SlurmdParameters=config_overrides lets slurmd accept it): two
+        # jobs of `threads: workflow.cores` run side by side, as on a real multi-node cluster,
+        # while each still uses the same thread count as a local run (identical results)
+        cpus = 2 * (os.cpu_count() or 1)
         mem = max(1024, int(_mem_mb() * 0.85))
         for sub in ("state", "spool", "munge"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -105,6 +108,7 @@ MinJobAge=300
 KillWait=10
 InactiveLimit=0
 JobRequeue=1
+SlurmdParameters=config_overrides
 SlurmctldParameters=enable_configless
 NodeName={host} CPUs={cpus} RealMemory={mem} State=UNKNOWN
 PartitionName={self.partition} Nodes={host} Default=YES MaxTime=INFINITE State=UP
