@@ -60,14 +60,6 @@ def _summary_items(summary: dict) -> list[tuple[str, object]]:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith(("params.", "build_"))]
 
 
-def loop_launched() -> bool:
-    """True when a launcher (srun, torchrun) started this stage as one of several processes."""
-    from .runtime import launcher_env
-
-    env = launcher_env()
-    return env is not None and env[1] > 1
-
-
 def _run_stage(name: str, args) -> int:
     import importlib
     import inspect
@@ -79,10 +71,11 @@ def _run_stage(name: str, args) -> int:
     view = config.stage_view(params, spec.params)
     # processes started together by srun/torchrun, or a SLURM job run again after a requeue, add
     # to the log (no rank may truncate what another has written)
-    runtime.setup_logging(args.log, append=loop_launched() or runtime.slurm_restarts() > 0)
+    launched, restarts = runtime.launcher_env(), runtime.slurm_restarts()
+    runtime.setup_logging(args.log, append=(launched is not None and launched[1] > 1) or restarts > 0)
     if os.environ.get("SLURM_JOB_ID"):
         log.info("%s: SLURM job %s (restart %d, task %s of %s) on %s", name, os.environ["SLURM_JOB_ID"],
-                 runtime.slurm_restarts(), os.environ.get("SLURM_PROCID", "0"), os.environ.get("SLURM_NTASKS", "1"),
+                 restarts, os.environ.get("SLURM_PROCID", "0"), os.environ.get("SLURM_NTASKS", "1"),
                  socket.gethostname())
     module = importlib.import_module(RUNNERS[name])
     extra = {"shard": args.shard} if name == "preprocess" else {}
