@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import logging
 import os
 import sys
@@ -148,11 +149,23 @@ def fingerprint(params_view: dict, inputs: Iterable[str | Path]) -> str:
     return h.hexdigest()[:16]
 
 
+def finite_json(data):
+    """`data` with every NaN or infinite float replaced by None: JSON has no NaN (Python writes
+    one that other readers, DVC's among them, reject)."""
+    if isinstance(data, dict):
+        return {k: finite_json(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_json(v) for v in data]
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    return data
+
+
 def write_json_atomic(path: str | Path, data) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(json.dumps(finite_json(data), indent=2, sort_keys=True, allow_nan=False) + "\n")
     os.replace(tmp, path)
 
 

@@ -79,7 +79,7 @@ def tiny_params(**embedded) -> dict:
     p["sync_expert"].update(width=0.0625, batch_size=16, windows_per_clip=4, max_steps=10, eval_every=5,
                             val_samples=16, warmup_steps=2)
     p["sync_check"]["max_offset"] = 15  # an expert trained for seconds must not exclude the clips
-    p["generator"].update(width=0.125, batch_size=2, max_steps=4, eval_every=2, checkpoint_every=2, gan_warmup=2,
+    p["generator"].update(width=0.125, batch_size=2, max_steps=4, eval_every=2, checkpoint_every=2, gan_warmup=2, sync_warmup=2,
                           val_samples=4, log_every=1)
     return p
 

@@ -50,34 +50,17 @@ def test_lmd_is_zero_on_identical_frames_and_grows_with_a_moved_mouth(processed)
 
 
 @pytest.fixture(scope="session")
-def evaluated(expert_project, tmp_path_factory):
-    """Both variants trained for a few steps, evaluated and reported, in a project of their own."""
-    proj, params = expert_project
-    mine = tmp_path_factory.mktemp("evaluated") / "proj"
-    mine.mkdir()
-    os.symlink(proj / "data", mine / "data")
-    (mine / "models").mkdir()
-    os.symlink(proj / "models/sync_expert", mine / "models/sync_expert")
-    for name in ("metrics", "plots"):
-        (mine / name).mkdir()
-    for f in ("metrics/sync_check.json", "plots/train_sync_expert.csv"):
-        if (proj / f).is_file():
-            (mine / f).write_bytes((proj / f).read_bytes())
-    p = dict(params)
-    p["generator"] = {**params["generator"], **dict(width=0.125, batch_size=2, max_steps=4, eval_every=2,
-                                                  checkpoint_every=2, gan_warmup=2, val_samples=4, log_every=1, slots=12)}
-    p["evaluate"] = {**params["evaluate"], "sample_videos": 1}
-    (mine / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    for args in (["train_generator", "--variant", "memory"], ["train_generator", "--variant", "no_memory"],
-                 ["evaluate"], ["demo"], ["report"]):
-        run_cli(args, cwd=mine, check=True)
-    return mine, p
+def evaluated(tiny_run):
+    """The tiny run of the whole graph (conftest.tiny_run): both variants trained for a few
+    steps, evaluated, the demo and the report made. Tests here only read it."""
+    return tiny_run, yaml.safe_load((tiny_run / "params.yaml").read_text())
 
 
 def test_evaluate_writes_every_metric_for_every_system(evaluated):
-    proj, _ = evaluated
+    proj, params = evaluated
     m = json.loads((proj / "metrics/evaluate.json").read_text())
-    assert m["lse_network"] == "own_expert" and m["clips"] == 3 and m["flagged_by_sync_check"] >= 1
+    n_test = params["data"]["embedded"]["test_clips"]
+    assert m["lse_network"] == "own_expert" and m["clips"] == n_test and m["flagged_by_sync_check"] == 0
     for system in ("ground_truth", "composite", "memory", "no_memory"):
         for metric in ("psnr", "ssim", "psnr_mouth", "ssim_mouth", "lmd", "lse_d", "lse_c"):
             assert f"{system}_{metric}" in m, (system, metric)
@@ -96,13 +79,13 @@ def test_evaluate_writes_every_metric_for_every_system(evaluated):
     assert len(ffmpeg.read_audio(video)) > 0
 
     # cross_audio (pairs: auto): every test clip's face with the next clip's speech, LSE only
-    assert m["cross_audio_pairs"] == 3
+    assert m["cross_audio_pairs"] == n_test
     for system in ("ground_truth", "composite", "memory", "no_memory"):
         for metric in ("lse_d", "lse_c", "offset_abs"):
             assert np.isfinite(m[f"cross_audio_{system}_{metric}"]), (system, metric)
         assert f"cross_audio_{system}_psnr" not in m  # no ground truth for a foreign-audio video
     pairs = pd.read_csv(proj / "reports/eval/per_pair_cross_audio.csv")
-    assert (pairs.audio_clip != pairs.video_clip).all() and len(pairs) == 3 * 4
+    assert (pairs.audio_clip != pairs.video_clip).all() and len(pairs) == n_test * 4
     cross = next((proj / "reports/eval/samples").glob("cross_*.mp4"))
     assert ffmpeg.read_frames(cross).shape[2] == 4 * frames.shape[1]
 
@@ -139,7 +122,7 @@ def test_cross_audio_pair_lists_name_clips_by_id_or_tail_and_bad_lines_are_named
 
 
 def test_report_page_has_every_section(evaluated):
-    proj, _ = evaluated
+    proj, params = evaluated
     page = (proj / "reports/html/index.html").read_text()
     for text in ("Evaluation on the test split", "Published figures", "not comparable", "Training curves",
                  "Samples", "Sync check", "Audio-Lip Memory", "own_expert", "mediapipe", "Cross-audio",
@@ -158,7 +141,7 @@ def test_report_page_has_every_section(evaluated):
         assert -1 <= demo[key] <= 1, key
     assert demo["mouth_frames"] == demo["frames"] and "Does the mouth follow the driving speech" in page
     summary = json.loads((proj / "metrics/report.json").read_text())
-    assert 0 < summary["memory_usage_entropy"] <= np.log(12) + 1e-6
+    assert 0 < summary["memory_usage_entropy"] <= np.log(params["generator"]["slots"]) + 1e-6
 
 
 def test_compare_prints_runs_side_by_side(evaluated):
@@ -177,9 +160,9 @@ def infer(proj, *args):
 
 def test_infer_video_and_still_image_and_error_cases(evaluated, tmp_path):
     proj, _ = evaluated
-    manifest = pd.read_parquet(next((proj / "data/manifests").glob("lrw.parquet")))
-    faces = [p for p in manifest.video_path if "/test/" in p and "00950" not in p]
-    face, speech = faces[0], manifest.video_path[manifest.split == "train"].iloc[1]
+    manifest = pd.read_parquet(proj / "data/manifests/embedded.parquet")
+    face = str(proj / manifest.video_path[manifest.split == "test"].iloc[0])
+    speech = str(proj / manifest.video_path[manifest.split == "train"].iloc[1])
     out = tmp_path / "out.mp4"
     proc = infer(proj, "--face", face, "--audio", speech, "-o", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -118,6 +118,39 @@ def test_gradient_routing_of_each_loss():
     assert torch.allclose(got, detached, atol=1e-7) and not torch.allclose(got, undetached, atol=1e-7)
 
 
+def test_residual_output_starts_at_the_composite_and_learns_away_from_it():
+    torch.manual_seed(0)
+    b = fake_batch()
+    g = Generator(96, 0.125, slots=12, output="residual")
+    out = g(b["masked"], b["reference"], b["mel"], b["lip"])
+    half = 48
+    composite = torch.cat([b["masked"][..., :half, :], b["reference"][..., half:, :]], dim=-2).clamp(-0.999, 0.999)
+    for key in ("audio_frames", "lip_frames"):
+        assert torch.allclose(out[key], composite, atol=1e-5), key
+    opt = torch.optim.Adam(g.parameters(), lr=1e-3)
+    for _ in range(3):
+        out = g(b["masked"], b["reference"], b["mel"], b["lip"])
+        loss = torch.nn.functional.l1_loss(out["audio_frames"], b["target"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert grads(g.identity) > 0 and grads(g.audio) > 0  # past the zero-initialised last layer
+    assert not torch.allclose(out["audio_frames"], composite, atol=1e-3)
+    assert Generator(96, 0.125, slots=12).config()["output"] == "direct"  # the paper's, unless asked
+    with pytest.raises(ValueError, match="residual"):
+        Generator(96, 0.125, output="blend")
+
+
+def test_sync_term_is_left_out_during_its_warm_up():
+    torch.manual_seed(0)
+    g, expert, b = Generator(96, 0.125, slots=12), frozen_expert(), fake_batch()
+    out = g(b["masked"], b["reference"], b["mel"], b["lip"])
+    on, parts_on = gen_losses.generator_losses(out, b, WEIGHTS, expert, None, None, use_gan=False)
+    off, parts_off = gen_losses.generator_losses(out, b, WEIGHTS, expert, None, None, use_gan=False, use_sync=False)
+    assert torch.allclose(on - off, WEIGHTS["av_sync"] * parts_on["av_sync"])
+    assert torch.allclose(parts_off["av_sync"], parts_on["av_sync"]) and not parts_off["av_sync"].requires_grad
+
+
 def test_overfitting_a_fixed_batch_drives_l1_down():
     torch.manual_seed(0)
     g = Generator(96, 0.125, slots=12, dropout=0.0)
@@ -139,7 +172,8 @@ def test_overfitting_a_fixed_batch_drives_l1_down():
 # ------------------------------------------------------------------ the stage on real data
 def tiny_view(params, **changes):
     cfg = {**params["generator"], **dict(width=0.125, batch_size=2, max_steps=4, eval_every=2, checkpoint_every=2,
-                                         gan_warmup=2, val_samples=4, log_every=1, slots=12), **changes}
+                                         gan_warmup=2, sync_warmup=2, val_samples=4, log_every=1, slots=12),
+           **changes}
     return {"data": {"dataset": "lrw"}, "preprocess": {"img_size": 96}, "generator": cfg}
 
 

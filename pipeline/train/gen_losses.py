@@ -9,6 +9,11 @@ total = w_l1 * (L1 of the audio-path decode + L1 of the lip-path decode)
                                       refreshed from the live one every step: the loss trains the
                                       generator, never the encoder)
         + w_gan * adversarial         (after `gan_warmup` steps; discriminator logits)
+
+The audio-visual sync term joins after `sync_warmup` steps (it is still computed, without
+gradient, for the curves). From the first step, the expert's gradient on a face whose mouth the
+generator cannot yet draw from the audio is an adversarial colour pattern on the lips, not a
+mouth shape; Wav2Lip, for the same reason, added its sync term only once its generator was close.
 """
 from __future__ import annotations
 
@@ -76,8 +81,9 @@ def vv_sync_loss(lip_copy: FrozenCopy, fake: torch.Tensor, real: torch.Tensor) -
 
 
 def generator_losses(out: dict, batch: dict, weights: dict, expert: nn.Module, lip_copy: FrozenCopy | None,
-                     disc: nn.Module | None, use_gan: bool) -> tuple[torch.Tensor, dict]:
-    """The weighted total and every term (floats for logging)."""
+                     disc: nn.Module | None, use_gan: bool, use_sync: bool = True) -> tuple[torch.Tensor, dict]:
+    """The weighted total and every term (tensors; the AV sync term is detached and left out of
+    the total while `use_sync` is false)."""
     target = batch["target"]
     fake = out["audio_frames"]
     parts = {"l1": F.l1_loss(fake.float(), target.float())}
@@ -86,13 +92,14 @@ def generator_losses(out: dict, batch: dict, weights: dict, expert: nn.Module, l
     if "lip_read" in out:
         parts["store"] = mem.store_loss(out)
         parts["align"] = mem.align_loss(out)
-    parts["av_sync"] = av_sync_loss(expert, fake, batch["mel"])
+    with torch.set_grad_enabled(use_sync and torch.is_grad_enabled()):
+        parts["av_sync"] = av_sync_loss(expert, fake, batch["mel"])
     if lip_copy is not None:
         parts["vv_sync"] = vv_sync_loss(lip_copy, fake, target)
     if use_gan and disc is not None:
         parts["gan"] = g_adversarial(disc(fake.reshape(-1, *fake.shape[2:])))
     total = weights["l1"] * (parts["l1"] + parts.get("l1_lip", 0.0))
     for name in ("store", "align", "av_sync", "vv_sync", "gan"):
-        if name in parts:
+        if name in parts and (use_sync or name != "av_sync"):
             total = total + weights[name] * parts[name]
     return total, parts

@@ -2,7 +2,8 @@
 discriminator, with the frozen sync expert (DESIGN §5).
 
 One generator step, then one discriminator step (Adam, betas from params). Stability where the
-authors' run failed: no GAN term for `gan_warmup` steps, discriminator logits (no clamp),
+authors' run failed: no GAN term for `gan_warmup` steps (and no expert sync term for
+`sync_warmup`), discriminator logits (no clamp),
 gradient clipping of both networks, D/G balance logged; a non-finite loss stops the run with a
 message and leaves the last good checkpoint. Validation every `eval_every` steps on fixed val
 samples (audio path only, as at inference): L1, PSNR of the crop and of the mouth region, the
@@ -72,7 +73,7 @@ def datasets(view: dict) -> tuple[GeneratorDataset, GeneratorDataset, int]:
 def build(view: dict, variant: str) -> tuple[Generator, QualityDiscriminator]:
     cfg = view["generator"]
     g = Generator(view["preprocess"]["img_size"], cfg["width"], use_memory=variant == "memory", slots=cfg["slots"],
-                  dropout=cfg["dropout"], address_scale=cfg["address_scale"])
+                  dropout=cfg["dropout"], address_scale=cfg["address_scale"], output=cfg["output"])
     return g, QualityDiscriminator(cfg["width"])
 
 
@@ -127,7 +128,7 @@ class TrainState:
             self.rt.scaler.load_state_dict(state["scalers"][0])
             self.d_scaler.load_state_dict(state["scalers"][1])
 
-    def step_on(self, batch: dict, use_gan: bool, on_non_finite=None) -> dict:
+    def step_on(self, batch: dict, use_gan: bool, on_non_finite=None, use_sync: bool = True) -> dict:
         """One G step then one D step; returns every loss term and the D/G balance (floats).
         `on_non_finite(parts)` is called (on every rank) before any update when the loss is not
         finite; it is expected to raise."""
@@ -137,7 +138,8 @@ class TrainState:
         with loop.autocast(rt):
             out = self.net_g(batch["masked"], batch["reference"], batch["mel"],
                              batch["lip"] if g.use_memory else None, cfg["lip_path"])
-            total, parts = generator_losses(out, batch, cfg["weights"], self.expert, self.lip_copy, d, use_gan)
+            total, parts = generator_losses(out, batch, cfg["weights"], self.expert, self.lip_copy, d, use_gan,
+                                            use_sync)
         if loop.any_rank(rt, not bool(torch.isfinite(total))):  # every rank stops together
             for p in d.parameters():
                 p.requires_grad_(True)
@@ -207,7 +209,7 @@ def train_worker(rank: int, world: int, view: dict, variant: str, work: str, tra
             idx = loop.batch_indices(cfg["seed"], step, rt.rank, per_rank, len(train))
             batch = {k: v.to(rt.device) for k, v in collate([train[i] for i in idx]).items()}
             use_gan = step >= cfg["gan_warmup"] and cfg["weights"]["gan"] > 0
-            row = ts.step_on(batch, use_gan, non_finite)
+            row = ts.step_on(batch, use_gan, non_finite, use_sync=step >= cfg["sync_warmup"])
             step += 1
             row = {"step": step, **row}
             if step % cfg["eval_every"] == 0 or step == cfg["max_steps"]:
