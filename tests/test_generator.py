@@ -252,6 +252,10 @@ def test_stage_writes_model_metrics_plot(expert_project, tmp_path, variant):
     assert metrics["steps"] == 4 and metrics["excluded_clips"] >= 1
     for key in ("val_l1", "val_psnr_mouth", "final_mouth_psnr", "composite_mouth_psnr", "final_sync_confidence"):
         assert np.isfinite(metrics[key]), key
+    # the residual output starts at the composite and 4 steps barely move it: the final check's
+    # composite is the one the model builds from the same reference frames
+    assert p["generator"]["output"] == "residual"
+    assert metrics["final_mouth_l1"] == pytest.approx(metrics["composite_mouth_l1"], abs=2e-3)
     plot = pd.read_csv(mine / f"plots/train_generator_{variant}.csv")
     assert list(plot.step) == [1, 2, 3, 4] and plot.val_l1.notna().sum() == 2
     assert (plot.store.notna().all()) == (variant == "memory")
