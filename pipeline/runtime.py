@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import logging
+import math
 import os
 import sys
 from pathlib import Path

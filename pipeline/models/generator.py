@@ -11,11 +11,11 @@ Read top to bottom:
 - U-Net decoder with the identity skips -> tanh; each frame is decoded alone.
 
 Output (`output`): `direct` is the paper's (the decoder's tanh is the frame). `residual` (this
-project's default, DESIGN §5 note) decodes a change to the composite of the inputs (the masked
-target's upper half over the reference's lower half): frame = tanh(atanh(composite) + z), with the
-last layer zero-initialised so that training starts from the composite instead of from noise. A
-short CPU run then spends its steps on the mouth, not on relearning to copy the face; at full
-scale both reach the same place.
+project's default, a departure from DESIGN §5 explained in the README) decodes a change to the
+composite of the inputs (the masked target's upper half over the reference's lower half):
+frame = tanh(atanh(composite) + z), with the last layer zero-initialised so that training starts
+from the composite instead of from noise. A short CPU run then spends its steps on the mouth, not
+on relearning to copy the face. Whether it also helps a full-scale GPU run is not measured.
 
 Sizes: 96 or 128 px (the last encoder block's kernel is the remaining map size: 3 at 96, 4 at
 128); a width multiplier scales every channel count; T frames per sample come in as [B, T, ...]

@@ -13,7 +13,8 @@ total = w_l1 * (L1 of the audio-path decode + L1 of the lip-path decode)
 The audio-visual sync term joins after `sync_warmup` steps (it is still computed, without
 gradient, for the curves). From the first step, the expert's gradient on a face whose mouth the
 generator cannot yet draw from the audio is an adversarial colour pattern on the lips, not a
-mouth shape; Wav2Lip, for the same reason, added its sync term only once its generator was close.
+mouth shape (seen in the sample grids). Wav2Lip likewise switched its sync term on late, once its
+generator's sync loss was low.
 """
 from __future__ import annotations
 
