@@ -161,6 +161,25 @@ def test_sync_term_is_left_out_during_its_warm_up():
     assert torch.allclose(parts_off["av_sync"], parts_on["av_sync"]) and not parts_off["av_sync"].requires_grad
 
 
+def test_audio_encoder_can_start_from_the_experts():
+    torch.manual_seed(0)
+    expert = frozen_expert()
+    g = Generator(96, 0.125, slots=12)
+    theirs = expert.audio_encoder.state_dict()
+    assert any(not torch.equal(v, theirs[k]) for k, v in g.audio.state_dict().items())
+    gen_stage.init_audio_from_expert(g, expert)
+    for k, v in g.audio.state_dict().items():
+        assert torch.equal(v, theirs[k]), k
+    # a copy: training the generator's encoder leaves the frozen expert as it was
+    assert all(p.requires_grad for p in g.audio.parameters())
+    assert all(a.data_ptr() != b.data_ptr() for a, b in zip(g.audio.parameters(), expert.audio_encoder.parameters()))
+    mel = fake_batch()["mel"][:, 0]
+    g.eval()  # BatchNorm running statistics were copied too: in eval mode both encoders agree
+    assert torch.allclose(g.encode_audio(mel), expert.audio_encoder(mel).flatten(1))
+    with pytest.raises(PipelineError, match="sync_expert.width == generator.width"):
+        gen_stage.init_audio_from_expert(Generator(96, 0.25, slots=12), expert)
+
+
 def test_overfitting_a_fixed_batch_drives_l1_down():
     torch.manual_seed(0)
     g = Generator(96, 0.125, slots=12, dropout=0.0)
@@ -218,6 +237,23 @@ def test_resume_is_exact(in_expert_project, tmp_path):
             assert torch.equal(sa[net][k], sb[net][k]), (net, k)
     assert [r["loss"] for r in sa["history"]] == [r["loss"] for r in sb["history"]]
     assert "gan" in sa["history"][-1] and "gan" not in sa["history"][0]  # the warm-up ends at step 2
+
+
+def test_stage_starts_the_audio_encoder_from_the_expert_when_asked(in_expert_project):
+    from pipeline import paths
+    from pipeline.train import expert_io
+
+    _, params = in_expert_project
+    rt = loop.worker_setup(False, 0, 1)
+    expert = expert_io.load_expert(paths.model_dir("sync_expert") / "expert.pt")
+    width = expert.config()["width"]
+    theirs = expert.audio_encoder.state_dict()
+    ts = gen_stage.TrainState(tiny_view(params, width=width, audio_init="expert"), "memory", rt, expert)
+    assert all(torch.equal(v, theirs[k]) for k, v in ts.g.audio.state_dict().items())
+    ts = gen_stage.TrainState(tiny_view(params, width=width, audio_init="random"), "memory", rt, expert)
+    assert not all(torch.equal(v, theirs[k]) for k, v in ts.g.audio.state_dict().items())
+    with pytest.raises(PipelineError, match="generator.audio_init: expert"):
+        gen_stage.TrainState(tiny_view(params, width=2 * width, audio_init="expert"), "memory", rt, expert)
 
 
 def test_ddp_two_gloo_processes(in_expert_project, tmp_path):

@@ -77,6 +77,22 @@ def build(view: dict, variant: str) -> tuple[Generator, QualityDiscriminator]:
     return g, QualityDiscriminator(cfg["width"])
 
 
+def init_audio_from_expert(g: Generator, expert: torch.nn.Module) -> None:
+    """Start the generator's audio encoder from the sync expert's (`generator.audio_init: expert`).
+
+    Both are Wav2Lip's audio CNN; at equal width their parameters match name for name, so the
+    generator starts from audio features already trained to predict the mouth (they are then
+    trained on). The paper starts from random weights (`audio_init: random`)."""
+    theirs = expert.audio_encoder.state_dict()
+    ours = g.audio.state_dict()
+    bad = [k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape]
+    if bad or len(theirs) != len(ours):
+        raise PipelineError(f"generator.audio_init: expert needs the expert's audio encoder to match the generator's "
+                            f"(same width: sync_expert.width == generator.width); {len(bad)} of {len(ours)} tensors "
+                            f"differ, e.g. {bad[:3]}")
+    g.audio.load_state_dict({k: v.detach().clone() for k, v in theirs.items()})
+
+
 @torch.no_grad()
 def validate(model: Generator, expert, batch: dict, rt: loop.Runtime) -> tuple[dict, np.ndarray]:
     """Metrics of the audio path on a fixed val batch, and a sample grid (uint8 image)."""
@@ -101,6 +117,8 @@ class TrainState:
         cfg = self.cfg = view["generator"]
         self.rt, self.variant, self.expert = rt, variant, expert
         g, d = build(view, variant)
+        if cfg["audio_init"] == "expert":
+            init_audio_from_expert(g, expert)
         self.g, self.d = g.to(rt.device), d.to(rt.device)
         self.opt_g = torch.optim.Adam(g.parameters(), lr=cfg["lr_g"], betas=tuple(cfg["betas"]))
         self.opt_d = torch.optim.Adam(d.parameters(), lr=cfg["lr_d"], betas=tuple(cfg["betas"]))
