@@ -247,7 +247,7 @@ class _LoudnessMouth(torch.nn.Module):
         return {"audio_frames": torch.stack(out).reshape(b, t, c, s, s)}
 
 
-def test_infer_output_mouth_follows_the_driving_speech(embedded_corpus, tmp_path, monkeypatch):
+def test_infer_mouth_follows_the_driving_speech_and_faceless_frames_pass_through(embedded_corpus, tmp_path, monkeypatch):
     """Inference end to end (tracking, alignment, frame-to-mel windows, paste-back, muxing) with a
     generator whose mouth follows its audio by construction: measured on the written mp4 with the
     face mesh, the mouth's opening correlates with the driving speech and not with the face
@@ -287,6 +287,21 @@ def test_infer_output_mouth_follows_the_driving_speech(embedded_corpus, tmp_path
     inference.infer(face, speech, tmp_path / "unused.pt", tmp_path / "shifted.mp4")
     shifted = measure(tmp_path / "shifted.mp4")
     assert shifted["mouth_corr_driving"] < r["mouth_corr_driving"] - 0.15, (r, shifted)
+
+    # frames without a face are copied through unchanged and counted (here 4 blank frames of 29,
+    # met twice and again once as the video plays forward, backward, forward under 87 frames)
+    monkeypatch.setattr(gen, "mel_windows", windows)
+    src = ffmpeg.read_frames(face).copy()
+    blank = np.zeros(len(src), bool)
+    blank[12:16] = True
+    src[blank] = 128
+    holed = tmp_path / "holed.mp4"
+    ffmpeg.write_mp4(holed, src, 25, own, 16000)
+    summary = inference.infer(holed, speech, tmp_path / "unused.pt", tmp_path / "holed_out.mp4")
+    expected = inference.ping_pong(blank[:, None], summary["frames"])[:, 0]
+    assert summary["frames_without_face"] == int(expected.sum()) == 12
+    out = ffmpeg.read_frames(tmp_path / "holed_out.mp4")
+    assert np.abs(out[expected].astype(int) - 128).max() <= 8  # nothing pasted: flat grey up to codec noise
 
 
 def test_cli_help_lists_infer_and_compare():
