@@ -67,6 +67,22 @@ def test_test_split_holds_out_identities_and_voices(corpus):
     assert {i.split("-")[0] for i in train_ids} == set(face_anim.PHOTOS)
 
 
+@pytest.mark.parametrize("per_photo", range(2, 9))
+def test_held_out_identities_look_like_no_seen_identity(per_photo):
+    """The test identity of each photo is held out by its look, not only by its name: no train or
+    val identity shares its style (with 5 or more per photo one used to)."""
+    import dataclasses
+
+    look = lambda s: {k: v for k, v in dataclasses.asdict(s).items() if k != "name"}
+    specs = face_anim.identity_specs(per_photo)
+    for photo in face_anim.PHOTOS:
+        mine = [s for s in specs if s.photo == photo]
+        assert len(mine) == per_photo
+        held_out, seen = mine[-1], mine[:-1]
+        assert all(look(s) != look(held_out) for s in seen)
+        assert len({json.dumps(look(s), sort_keys=True) for s in mine}) == per_photo  # all distinct
+
+
 def test_speech_fills_the_clip_with_the_word_in_the_middle(corpus):
     cfg, out, summary = corpus
     assert summary["speech_coverage"]["min"] >= 0.9

@@ -165,16 +165,20 @@ def identity_specs(per_photo: int) -> list[IdentitySpec]:
         dict(mirror=True, face_frac=0.48, aspect=1.12, tilt_deg=4.0, hue_shift=10.0, saturation=0.7,
              gamma=1.3, tint=(0.9, 0.95, 1.1), background=(40, 40, 48), open_scale=1.2),
     ]
+    # the held-out (last) identity takes the most different style, which no other identity uses
+    test_style = 3 if per_photo > 3 else 2
+    shared = [st for k, st in enumerate(styles) if k != test_style]
     out = []
     for photo in PHOTOS:
         for v in range(per_photo):
-            style = dict(styles[v % len(styles)])
-            if v >= len(styles):  # more identities than styles: perturb deterministically
-                k = v // len(styles)
-                style.update(face_frac=style["face_frac"] * (1 + 0.04 * k), hue_shift=style["hue_shift"] + 4 * k,
-                             gamma=style["gamma"] * (1 + 0.05 * k))
-            if v == per_photo - 1 and v >= 1:  # held-out identity: the most different style
-                style = dict(styles[3 if per_photo > 3 else 2])
+            if v == per_photo - 1 and v >= 1:
+                style = dict(styles[test_style])
+            else:
+                style = dict(shared[v % len(shared)])
+                k = v // len(shared)
+                if k:  # more identities than styles: perturb deterministically
+                    style.update(face_frac=style["face_frac"] * (1 + 0.04 * k), hue_shift=style["hue_shift"] + 4 * k,
+                                 gamma=style["gamma"] * (1 + 0.05 * k))
             out.append(IdentitySpec(name=f"{photo}-{v}", photo=photo, **style))
     return out
 
