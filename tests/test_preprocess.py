@@ -103,12 +103,14 @@ def test_rerun_after_kill_redoes_only_unfinished_clips(embedded_corpus, tmp_path
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "preprocess", "--shard", "0"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    # finished clips only: a clip being written is a hidden temporary (.<name>.tmp-<pid>.npz)
+    finished = lambda: [p for p in tmp_path.glob("work/preprocess/*/shard-0/*.npz") if not p.name.startswith(".")]
     deadline = time.time() + 120
-    while time.time() < deadline and not list(tmp_path.glob("work/preprocess/*/shard-0/*.npz")):
+    while time.time() < deadline and not finished():
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    done = len(list(tmp_path.glob("work/preprocess/*/shard-0/*.npz")))
+    done = len(finished())
     assert done >= 1 and done < 7, done
     assert not (tmp_path / "data/processed/lrw/shards/shard-0").exists()
     rerun = run_cli(["preprocess", "--shard", "0", "--log", "re.log"], cwd=tmp_path, check=True)
