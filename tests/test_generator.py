@@ -151,6 +151,38 @@ def test_residual_output_starts_at_the_composite_and_learns_away_from_it():
         Generator(96, 0.125, output="blend")
 
 
+def test_blurred_base_starts_without_the_reference_mouth_and_keeps_the_rest():
+    """`base_mouth: blurred`: the residual starts from the composite with its mouth region reduced to
+    the reference's colours, so the reference's lip shape is not where training starts."""
+    from pipeline.evaluate.metrics import mouth_box
+    torch.manual_seed(0)
+    size = 96
+    b = fake_batch(size=size)
+    y0, y1, x0, x1 = mouth_box(size)
+    # two references equal but for the mouth: one closed (flat skin), one wide open (a dark band)
+    ref = torch.full((2, 5, 3, size, size), 0.3)
+    ref[0, ..., y0 + 10:y1 - 10, x0 + 8:x1 - 8] = -0.9
+    g = Generator(size, 0.125, slots=12, output="residual", base_mouth="blurred")
+    with torch.no_grad():
+        out = g(b["masked"], ref, b["mel"], b["lip"])["audio_frames"]
+    composite = Generator.composite(b["masked"], ref).clamp(-0.999, 0.999)
+    far = torch.ones(size, size, dtype=torch.bool)
+    far[y0 - 8:y1 + 8, x0 - 8:x1 + 8] = False
+    assert torch.allclose(out[..., far], composite[..., far], atol=1e-5)  # all but the mouth box: the composite
+    box = (slice(None), slice(None), slice(y0 + 5, y1 - 5), slice(x0 + 5, x1 - 5))  # inside the feathering
+    open_, closed = out[0][box], out[1][box]
+    # the composite's lips have edges of 1.2 between neighbouring pixels; the blurred start has
+    # none: what is left of an open mouth is a smooth shade (its darkness spread over the box)
+    step = lambda x: max((x[..., 1:, :] - x[..., :-1, :]).abs().amax(), (x[..., 1:] - x[..., :-1]).abs().amax())
+    assert step(composite[0][box]) > 1.1 and step(open_) < 0.1
+    assert (open_ - closed).abs().amax() < 0.75 and (open_ - closed).mean() < -0.1
+    assert (closed - 0.3).abs().amax() < 0.05  # a mouth-free reference stays (but for the cells it shares with the nose)
+    assert g.config()["base_mouth"] == "blurred"
+    assert Generator(size, 0.125).config()["base_mouth"] == "reference"
+    with pytest.raises(ValueError, match="base_mouth"):
+        Generator(size, 0.125, base_mouth="mean")
+
+
 def test_sync_term_is_left_out_during_its_warm_up():
     torch.manual_seed(0)
     g, expert, b = Generator(96, 0.125, slots=12), frozen_expert(), fake_batch()
@@ -239,6 +271,22 @@ def test_resume_is_exact(in_expert_project, tmp_path):
     assert "gan" in sa["history"][-1] and "gan" not in sa["history"][0]  # the warm-up ends at step 2
 
 
+def test_learning_rates_decay_from_lr_decay_from_to_zero_at_max_steps(in_expert_project, tmp_path):
+    cfg = {"lr_decay_from": 200, "max_steps": 300}
+    assert [gen_stage.lr_factor(cfg, s) for s in (0, 199, 200)] == [1.0, 1.0, 1.0]
+    assert gen_stage.lr_factor(cfg, 250) == pytest.approx(0.5)
+    assert gen_stage.lr_factor(cfg, 299) == pytest.approx(0.0, abs=3e-4)
+    assert gen_stage.lr_factor({"lr_decay_from": 300, "max_steps": 300}, 299) == 1.0  # constant
+    # the stage sets both optimisers' rates from the step alone, so a resumed run has the same ones
+    _, params = in_expert_project
+    view = tiny_view(params, max_steps=6, lr_decay_from=2, lr_g=1e-3, lr_d=2e-3)
+    rt = loop.worker_setup(False, 0, 1)
+    ts = gen_stage.TrainState(view, "memory", rt, frozen_expert())
+    ts.set_lr(4)
+    assert ts.opt_g.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5)
+    assert ts.opt_d.param_groups[0]["lr"] == pytest.approx(2e-3 * 0.5)
+
+
 def test_stage_starts_the_audio_encoder_from_the_expert_when_asked(in_expert_project):
     from pipeline import paths
     from pipeline.train import expert_io
@@ -254,6 +302,9 @@ def test_stage_starts_the_audio_encoder_from_the_expert_when_asked(in_expert_pro
     assert not all(torch.equal(v, theirs[k]) for k, v in ts.g.audio.state_dict().items())
     with pytest.raises(PipelineError, match="generator.audio_init: expert"):
         gen_stage.TrainState(tiny_view(params, width=2 * width, audio_init="expert"), "memory", rt, expert)
+    # the stage says so before it starts any worker
+    with pytest.raises(PipelineError, match=f"sync_expert width {width} != generator.width {2 * width}"):
+        gen_stage.run(tiny_view(params, width=2 * width, audio_init="expert"))
 
 
 def test_ddp_two_gloo_processes(in_expert_project, tmp_path):
@@ -291,15 +342,15 @@ def test_stage_writes_model_metrics_plot(expert_project, tmp_path, variant):
     proj, params = expert_project
     mine = project_with_expert(proj, tmp_path)
     p = dict(params)
-    p["generator"] = tiny_view(params, max_steps=4)["generator"]
+    p["generator"] = tiny_view(params, max_steps=4, base_mouth="reference")["generator"]
     (mine / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     run_cli(["train_generator", "--variant", variant], cwd=mine, check=True)
     metrics = json.loads((mine / f"metrics/train_generator_{variant}.json").read_text())
     assert metrics["steps"] == 4 and metrics["excluded_clips"] >= 1
     for key in ("val_l1", "val_psnr_mouth", "final_mouth_psnr", "composite_mouth_psnr", "final_sync_confidence"):
         assert np.isfinite(metrics[key]), key
-    # the residual output starts at the composite and 4 steps barely move it: the final check's
-    # composite is the one the model builds from the same reference frames
+    # the residual output from the reference's mouth starts at the composite and 4 steps barely
+    # move it: the final check's composite is the one the model builds from the same reference frames
     assert p["generator"]["output"] == "residual"
     assert metrics["final_mouth_l1"] == pytest.approx(metrics["composite_mouth_l1"], abs=2e-3)
     plot = pd.read_csv(mine / f"plots/train_generator_{variant}.csv")

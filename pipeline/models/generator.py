@@ -16,6 +16,9 @@ composite of the inputs (the masked target's upper half over the reference's low
 frame = tanh(atanh(composite) + z), with the last layer zero-initialised so that training starts
 from the composite instead of from noise. A short CPU run then spends its steps on the mouth, not
 on relearning to copy the face. Whether it also helps a full-scale GPU run is not measured.
+`base_mouth: blurred` (the default) first blurs the composite's mouth region to coarse colour
+cells: started from the reference's own lips, a short run often learns to keep them instead of
+drawing the mouth from the audio (README, "The generator").
 
 Sizes: 96 or 128 px (the last encoder block's kernel is the remaining map size: 3 at 96, 4 at
 128); a width multiplier scales every channel count; T frames per sample come in as [B, T, ...]
@@ -26,7 +29,11 @@ baseline that the memory must beat). Images are in [-1, 1], RGB.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from ..evaluate.metrics import MOUTH_BOX
+
 
 from .memory import AudioLipMemory
 from .syncnet import AUDIO, ConvBlock, _scaled, _stack
@@ -128,12 +135,36 @@ class Decoder(nn.Module):
         return torch.tanh(torch.atanh(base.clamp(-0.999, 0.999)) + z)
 
 
+def mouth_blur_mask(size: int, device=None) -> torch.Tensor:
+    """[1, 1, S, S] weight in [0, 1]: 1 over the crop's mouth region (the metrics' MOUTH_BOX: lips,
+    mouth corners and the upper chin), feathered over S/12 pixels. Blurring the lips alone
+    (0.62-0.82 x 0.32-0.68) left one seed of three copying the reference's jaw and corners
+    (README, "The generator")."""
+    t, b, l, r = MOUTH_BOX
+    m = torch.zeros(1, 1, size, size, device=device)
+    m[..., round(t * size):round(b * size), round(l * size):round(r * size)] = 1.0
+    k = max(3, size // 12) | 1
+    return F.avg_pool2d(m, k, stride=1, padding=k // 2, count_include_pad=False)
+
+
+def blur_mouth(frames: torch.Tensor) -> torch.Tensor:
+    """[N, 3, S, S]: the mouth region replaced by the frame's colours on a grid of S/6-pixel cells
+    (skin tone and shading stay, the lips' shape goes)."""
+    s = frames.shape[-1]
+    coarse = F.interpolate(F.avg_pool2d(frames, s // 6), size=(s, s), mode="bilinear", align_corners=False)
+    w = mouth_blur_mask(s, frames.device).to(frames.dtype)
+    return frames * (1 - w) + coarse * w
+
+
 class Generator(nn.Module):
     def __init__(self, img_size: int = 96, width: float = 1.0, use_memory: bool = True, slots: int = 96,
-                 dropout: float = 0.5, address_scale: float = 16.0, output: str = "direct"):
+                 dropout: float = 0.5, address_scale: float = 16.0, output: str = "direct",
+                 base_mouth: str = "reference"):
         super().__init__()
         if output not in ("direct", "residual"):
             raise ValueError(f"output must be direct or residual, got {output!r}")
+        if base_mouth not in ("reference", "blurred"):
+            raise ValueError(f"base_mouth must be reference or blurred, got {base_mouth!r}")
         dim = _scaled(512, width)
         self.identity = IdentityEncoder(img_size, width)
         self.audio = _stack(AUDIO, width, 1)
@@ -142,8 +173,10 @@ class Generator(nn.Module):
         self.fusion = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * dim, dim), nn.ReLU())
         self.decoder = Decoder(img_size, width, self.identity.channels, dim, residual=output == "residual")
         self.img_size, self.width, self.use_memory, self.dim = img_size, width, use_memory, dim
+        self.base_mouth = base_mouth
         self._config = {"img_size": img_size, "width": width, "use_memory": use_memory, "slots": slots,
-                        "dropout": dropout, "address_scale": address_scale, "output": output}
+                        "dropout": dropout, "address_scale": address_scale, "output": output,
+                        "base_mouth": base_mouth}
 
     def config(self) -> dict:
         return dict(self._config)
@@ -173,7 +206,11 @@ class Generator(nn.Module):
         b, t = masked.shape[:2]
         flat = lambda x: x.reshape(b * t, *x.shape[2:])
         skips = self.identity(torch.cat([flat(masked), flat(reference)], dim=1))
-        base = self.composite(flat(masked), flat(reference)) if self.decoder.residual else None
+        base = None
+        if self.decoder.residual:
+            base = self.composite(flat(masked), flat(reference))
+            if self.base_mouth == "blurred":
+                base = blur_mouth(base)
         audio = self.encode_audio(flat(mel))
         out: dict = {}
         if self.memory is None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -73,7 +74,8 @@ def datasets(view: dict) -> tuple[GeneratorDataset, GeneratorDataset, int]:
 def build(view: dict, variant: str) -> tuple[Generator, QualityDiscriminator]:
     cfg = view["generator"]
     g = Generator(view["preprocess"]["img_size"], cfg["width"], use_memory=variant == "memory", slots=cfg["slots"],
-                  dropout=cfg["dropout"], address_scale=cfg["address_scale"], output=cfg["output"])
+                  dropout=cfg["dropout"], address_scale=cfg["address_scale"], output=cfg["output"],
+                  base_mouth=cfg["base_mouth"])
     return g, QualityDiscriminator(cfg["width"])
 
 
@@ -108,6 +110,15 @@ def validate(model: Generator, expert, batch: dict, rt: loop.Runtime) -> tuple[d
                "val_sync_loss": sync}
     rows = [np.concatenate([real_u8[i, 0], fake_u8[i, 0]], axis=1) for i in range(min(6, len(real_u8)))]
     return metrics, np.concatenate(rows, axis=0)
+
+
+def lr_factor(cfg: dict, step: int) -> float:
+    """Both networks' learning-rate multiplier at `step`: 1 until `lr_decay_from`, then a cosine
+    decay to 0 at `max_steps` (lr_decay_from >= max_steps: constant)."""
+    start, end = cfg["lr_decay_from"], cfg["max_steps"]
+    if step < start or start >= end:
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - start) / (end - start))))
 
 
 class TrainState:
@@ -145,6 +156,12 @@ class TrainState:
         if self.rt.scaler is not None and state.get("scalers"):
             self.rt.scaler.load_state_dict(state["scalers"][0])
             self.d_scaler.load_state_dict(state["scalers"][1])
+
+    def set_lr(self, step: int) -> None:
+        f = lr_factor(self.cfg, step)
+        for opt, base in ((self.opt_g, self.cfg["lr_g"]), (self.opt_d, self.cfg["lr_d"])):
+            for group in opt.param_groups:
+                group["lr"] = base * f
 
     def step_on(self, batch: dict, use_gan: bool, on_non_finite=None, use_sync: bool = True) -> dict:
         """One G step then one D step; returns every loss term and the D/G balance (floats).
@@ -227,6 +244,7 @@ def train_worker(rank: int, world: int, view: dict, variant: str, work: str, tra
             idx = loop.batch_indices(cfg["seed"], step, rt.rank, per_rank, len(train))
             batch = {k: v.to(rt.device) for k, v in collate([train[i] for i in idx]).items()}
             use_gan = step >= cfg["gan_warmup"] and cfg["weights"]["gan"] > 0
+            ts.set_lr(step)
             row = ts.step_on(batch, use_gan, non_finite, use_sync=step >= cfg["sync_warmup"])
             step += 1
             row = {"step": step, **row}
@@ -274,10 +292,17 @@ def run(view: dict, tracker=None, variant: str = "memory") -> dict:
     if expert_cfg["img_size"] != view["preprocess"]["img_size"]:
         raise PipelineError(f"the sync expert works on {expert_cfg['img_size']} px crops but preprocess.img_size "
                             f"is {view['preprocess']['img_size']}: retrain it (train_sync_expert)")
+    if cfg["audio_init"] == "expert" and expert_cfg.get("width") != cfg["width"]:
+        raise PipelineError(f"generator.audio_init: expert needs the expert's audio encoder to match the generator's: "
+                            f"sync_expert width {expert_cfg.get('width')} != generator.width {cfg['width']} "
+                            f"(set them equal, or generator.audio_init: random)")
     log.info("%s: %d train and %d val windows (%d clips excluded by sync_check)", variant, len(train), len(val),
              excluded)
     shards = sorted(paths.processed_shards(ds).glob("shard-*/meta.json"))
-    keyed = {**view, "generator": {k: v for k, v in cfg.items() if k not in RUN_KEYS}, "variant": variant}
+    # keys that only say how long or how to run leave the checkpoint valid (raising max_steps
+    # continues the run), unless the learning rate decays towards max_steps
+    run_keys = RUN_KEYS if cfg["lr_decay_from"] >= cfg["max_steps"] else tuple(k for k in RUN_KEYS if k != "max_steps")
+    keyed = {**view, "generator": {k: v for k, v in cfg.items() if k not in run_keys}, "variant": variant}
     inputs = [paths.processed_index(ds), *shards, expert_path, paths.sync_check_dir(ds) / "offsets.parquet"]
     work = paths.work_dir("train_generator", fingerprint(keyed, inputs + _code_files()))
     work.mkdir(parents=True, exist_ok=True)
