@@ -285,6 +285,13 @@ def test_learning_rates_decay_from_lr_decay_from_to_zero_at_max_steps(in_expert_
     ts.set_lr(4)
     assert ts.opt_g.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5)
     assert ts.opt_d.param_groups[0]["lr"] == pytest.approx(2e-3 * 0.5)
+    # and the training loop applies it: the last step (5) of a 6-step run used factor lr_factor(5)
+    gen_stage.train_worker(0, 1, view, "memory", str(tmp_path), None)
+    state = loop.load_checkpoint(tmp_path / "checkpoint.pt")
+    last = gen_stage.lr_factor(view["generator"], 5)
+    assert 0 < last < 0.2
+    assert state["opt_g"]["param_groups"][0]["lr"] == pytest.approx(1e-3 * last)
+    assert state["opt_d"]["param_groups"][0]["lr"] == pytest.approx(2e-3 * last)
 
 
 def test_stage_starts_the_audio_encoder_from_the_expert_when_asked(in_expert_project):
