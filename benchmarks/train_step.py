@@ -3,7 +3,9 @@ loss with the frozen expert and the frozen lip-encoder copy, G step, D step) on 
 finds, at the default size (params.yaml: 96 px, width 0.25) and at the paper's (128 px, batch 40,
 width 1.0). Each configuration runs in its own process so that its peak memory is its own.
 The baseline, measured in the same run, is the same step of the `no_memory` variant (Wav2Lip's
-shape): the last line is the memory variant's cost relative to it.
+shape): a line gives the memory variant's cost relative to it. A second baseline is the memory
+variant's step at the default size with the convolution weights in the standard (NCHW) layout:
+the last line is the speed of the networks' channels-last layout (models/layout.py) relative to it.
 
     .venv/bin/python benchmarks/train_step.py [--steps 5] [--paper-steps 2] [--skip-paper]
 """
@@ -20,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def measure(size: int, width: float, batch: int, frames: int, variant: str, steps: int) -> dict:
+def measure(size: int, width: float, batch: int, frames: int, variant: str, steps: int,
+            layout: str = "channels_last") -> dict:
     import resource
 
     import torch
@@ -40,6 +43,10 @@ def measure(size: int, width: float, batch: int, frames: int, variant: str, step
     for p in expert.parameters():
         p.requires_grad_(False)
     state = gen_stage.TrainState(view, variant, rt, expert)
+    if layout == "nchw":  # undo models/layout.py: every network's convolution weights back to NCHW
+        nets = [state.g, state.d, expert] + ([state.lip_copy.copy] if state.lip_copy is not None else [])
+        for p in (p for net in nets for p in net.parameters()):
+            p.data = p.data.contiguous()
     g = torch.Generator().manual_seed(0)
     r = lambda *s: (torch.rand(*s, generator=g) * 2 - 1).to(rt.device)
     batch = {"target": r(batch, frames, 3, size, size), "masked": r(batch, frames, 3, size, size),
@@ -75,11 +82,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--paper-steps", type=int, default=2)
     ap.add_argument("--skip-paper", action="store_true")
-    ap.add_argument("--child", nargs=6, metavar=("SIZE", "WIDTH", "BATCH", "FRAMES", "VARIANT", "STEPS"))
+    ap.add_argument("--child", nargs=7, metavar=("SIZE", "WIDTH", "BATCH", "FRAMES", "VARIANT", "STEPS", "LAYOUT"))
     a = ap.parse_args()
     if a.child:
-        s, w, b, t, v, n = a.child
-        print(json.dumps(measure(int(s), float(w), int(b), int(t), v, int(n))))
+        s, w, b, t, v, n, layout = a.child
+        print(json.dumps(measure(int(s), float(w), int(b), int(t), v, int(n), layout)))
         return
     from pipeline import config
 
@@ -91,14 +98,20 @@ def main() -> None:
         configs.append(("paper", 128, 1.0, 40, 5, a.paper_steps))
     ratios = []
     for name, s, w, b, t, n in configs:
-        res = {v: run_child([str(s), str(w), str(b), str(t), v, str(n)]) for v in ("memory", "no_memory")}
+        res = {v: run_child([str(s), str(w), str(b), str(t), v, str(n), "channels_last"]) for v in ("memory", "no_memory")}
         for v, r in res.items():
             print(f"{name:8s} {s}px width {w} batch {b} T {t} {v:9s} on {r['device']}: {r['samples_per_s']:.2f} "
                   f"samples/s ({r['frames_per_s']:.1f} frames/s), peak {r['peak_mib']:.0f} MiB, "
                   f"{r['params_g'] / 1e6:.1f} M generator parameters")
         ratios.append((name, res["memory"]["samples_per_s"] / res["no_memory"]["samples_per_s"]))
+        if name == "default":
+            nchw = run_child([str(s), str(w), str(b), str(t), "memory", str(n), "nchw"])
+            print(f"{name:8s} {s}px width {w} batch {b} T {t} memory    NCHW weights: {nchw['samples_per_s']:.2f} "
+                  f"samples/s, peak {nchw['peak_mib']:.0f} MiB")
+            layout_ratio = res["memory"]["samples_per_s"] / nchw["samples_per_s"]
     print("memory variant speed relative to the no_memory baseline: " +
           ", ".join(f"{n} {r:.2f}x" for n, r in ratios))
+    print(f"channels-last layout speed relative to NCHW (default size, memory variant): {layout_ratio:.2f}x")
 
 
 if __name__ == "__main__":

@@ -113,6 +113,55 @@ def test_snakemake_and_dvc_run_the_same_graph(repo_copy, dataset):
         assert smk["index"]["outputs"][0].startswith("data/manifests/lrw")
 
 
+# modules every stage uses to read params, name paths and log; they are not per-stage code
+PLUMBING = {"pipeline/__init__.py", "pipeline/cli.py", "pipeline/config.py", "pipeline/errors.py", "pipeline/paths.py",
+            "pipeline/runtime.py", "pipeline/stages.py", "pipeline/tracking.py"}
+
+
+def _pipeline_imports(root: Path, path: Path) -> set[Path]:
+    """Files of the pipeline package that `path` imports, at the top or inside a function."""
+    import ast
+
+    def module_file(dotted: str) -> Path | None:
+        for cand in (root / (dotted.replace(".", "/") + ".py"), root / dotted.replace(".", "/") / "__init__.py"):
+            if cand.is_file():
+                return cand
+        return None
+
+    package = list(path.relative_to(root).parent.parts)
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            parts = package[: len(package) - node.level + 1] if node.level else []
+            dotted = ".".join(parts + ([node.module] if node.module else []))
+            # `from pkg import module` names a module; `from module import name` the module itself
+            files = [module_file(f"{dotted}.{a.name}") or module_file(dotted) for a in node.names]
+        elif isinstance(node, ast.Import):
+            files = [module_file(a.name) for a in node.names]
+        else:
+            continue
+        found.update(f for f in files if f is not None and f.is_relative_to(root / "pipeline"))
+    return found
+
+
+def test_every_stage_declares_the_code_it_runs():
+    """A change to any module a stage's command imports (transitively) re-runs that stage: the
+    module is in the stage's code list, which both orchestrators take as inputs."""
+    from pipeline.stages import STAGES
+
+    root = Path(__file__).resolve().parents[1]
+    for name, spec in STAGES.items():
+        seen, todo = set(), [root / spec.code[0]]
+        while todo:
+            f = todo.pop()
+            if f not in seen:
+                seen.add(f)
+                todo.extend(_pipeline_imports(root, f))
+        used = {str(f.relative_to(root)) for f in seen if f.name != "__init__.py"} - PLUMBING
+        missing = sorted(used - set(spec.code))
+        assert not missing, f"stage {name} runs {missing} but does not list it in pipeline/stages.py (and dvc.yaml)"
+
+
 def test_every_rule_has_log_benchmark_threads():
     text = "\n".join(p.read_text() for p in Path("workflow/rules").glob("*.smk")) if Path("workflow/rules").exists() else \
         "\n".join(p.read_text() for p in (Path(__file__).parents[1] / "workflow/rules").glob("*.smk"))

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-# The mouth region of an aligned crop (the template puts the mouth centre at (0.50, 0.71)):
-# (top, bottom, left, right) as fractions of the crop size.
-MOUTH_BOX = (0.56, 0.88, 0.26, 0.74)
+from ..geometry import MOUTH_BOX  # the mouth region of an aligned crop
 
 
 def mouth_box(size: int) -> tuple[int, int, int, int]:

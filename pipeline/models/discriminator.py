@@ -14,6 +14,7 @@ from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
 from .syncnet import _scaled
+from .layout import channels_last
 
 
 def _conv(cin: int, cout: int, kernel: int, stride, padding: int) -> nn.Sequential:
@@ -34,6 +35,7 @@ class QualityDiscriminator(nn.Module):
         )
         self.head = spectral_norm(nn.Linear(c[5], 1))
         self.width = width
+        channels_last(self)
 
     def config(self) -> dict:
         return {"width": self.width}

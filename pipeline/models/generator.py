@@ -32,9 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..evaluate.metrics import MOUTH_BOX
-
-
+from ..geometry import MOUTH_BOX
+from .layout import channels_last
 from .memory import AudioLipMemory
 from .syncnet import AUDIO, ConvBlock, _scaled, _stack
 
@@ -135,31 +134,31 @@ class Decoder(nn.Module):
         return torch.tanh(torch.atanh(base.clamp(-0.999, 0.999)) + z)
 
 
-def mouth_blur_mask(size: int, device=None) -> torch.Tensor:
-    """[1, 1, S, S] weight in [0, 1]: 1 over the crop's mouth region (the metrics' MOUTH_BOX: lips,
-    mouth corners and the upper chin), feathered over S/12 pixels. Blurring the lips alone
-    (0.62-0.82 x 0.32-0.68) left one seed of three copying the reference's jaw and corners
-    (README, "The generator")."""
-    t, b, l, r = MOUTH_BOX
+def mouth_blur_mask(size: int, box=MOUTH_BOX, device=None) -> torch.Tensor:
+    """[1, 1, S, S] weight in [0, 1]: 1 over `box` (top, bottom, left, right as fractions of the
+    crop; the default is the crop's mouth region: lips, mouth corners and the upper chin), feathered
+    over S/12 pixels. Blurring the lips alone (0.62-0.82 x 0.32-0.68) left one seed of three
+    copying the reference's jaw and corners (README, "The generator")."""
+    t, b, l, r = box
     m = torch.zeros(1, 1, size, size, device=device)
     m[..., round(t * size):round(b * size), round(l * size):round(r * size)] = 1.0
     k = max(3, size // 12) | 1
     return F.avg_pool2d(m, k, stride=1, padding=k // 2, count_include_pad=False)
 
 
-def blur_mouth(frames: torch.Tensor) -> torch.Tensor:
-    """[N, 3, S, S]: the mouth region replaced by the frame's colours on a grid of S/6-pixel cells
+def blur_mouth(frames: torch.Tensor, box=MOUTH_BOX) -> torch.Tensor:
+    """[N, 3, S, S]: the region `box` replaced by the frame's colours on a 6 x 6 grid of cells
     (skin tone and shading stay, the lips' shape goes)."""
     s = frames.shape[-1]
-    coarse = F.interpolate(F.avg_pool2d(frames, s // 6), size=(s, s), mode="bilinear", align_corners=False)
-    w = mouth_blur_mask(s, frames.device).to(frames.dtype)
+    coarse = F.interpolate(F.adaptive_avg_pool2d(frames, 6), size=(s, s), mode="bilinear", align_corners=False)
+    w = mouth_blur_mask(s, box, frames.device).to(frames.dtype)
     return frames * (1 - w) + coarse * w
 
 
 class Generator(nn.Module):
     def __init__(self, img_size: int = 96, width: float = 1.0, use_memory: bool = True, slots: int = 96,
                  dropout: float = 0.5, address_scale: float = 16.0, output: str = "direct",
-                 base_mouth: str = "reference"):
+                 base_mouth: str = "reference", blur_box=MOUTH_BOX):
         super().__init__()
         if output not in ("direct", "residual"):
             raise ValueError(f"output must be direct or residual, got {output!r}")
@@ -173,10 +172,13 @@ class Generator(nn.Module):
         self.fusion = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * dim, dim), nn.ReLU())
         self.decoder = Decoder(img_size, width, self.identity.channels, dim, residual=output == "residual")
         self.img_size, self.width, self.use_memory, self.dim = img_size, width, use_memory, dim
-        self.base_mouth = base_mouth
+        self.base_mouth, self.blur_box = base_mouth, tuple(float(v) for v in blur_box)
+        if not (0 <= self.blur_box[0] < self.blur_box[1] <= 1 and 0 <= self.blur_box[2] < self.blur_box[3] <= 1):
+            raise ValueError(f"blur_box must be (top, bottom, left, right) fractions in [0, 1], got {blur_box}")
         self._config = {"img_size": img_size, "width": width, "use_memory": use_memory, "slots": slots,
                         "dropout": dropout, "address_scale": address_scale, "output": output,
-                        "base_mouth": base_mouth}
+                        "base_mouth": base_mouth, "blur_box": list(self.blur_box)}
+        channels_last(self)
 
     def config(self) -> dict:
         return dict(self._config)
@@ -210,7 +212,7 @@ class Generator(nn.Module):
         if self.decoder.residual:
             base = self.composite(flat(masked), flat(reference))
             if self.base_mouth == "blurred":
-                base = blur_mouth(base)
+                base = blur_mouth(base, self.blur_box)
         audio = self.encode_audio(flat(mel))
         out: dict = {}
         if self.memory is None:

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .layout import channels_last
+
 
 class ConvBlock(nn.Module):
     """Conv2d + BatchNorm2d (+ identity) + ReLU; parameter names as Wav2Lip's `Conv2d`."""
@@ -76,6 +78,7 @@ class SyncNet(nn.Module):
         self.audio_encoder = _stack(AUDIO, width, 1)
         self.img_size, self.width, self.input_channels = img_size, width, input_channels
         self.embed_dim = _scaled(512, width)
+        channels_last(self)
 
     def config(self) -> dict:
         return {"img_size": self.img_size, "width": self.width, "input_channels": self.input_channels}

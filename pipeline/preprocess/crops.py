@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..geometry import TEMPLATE
+
 # face-mesh indices
 RIGHT_EYE = [33, 133, 159, 145]  # the subject's right eye (image left in a frontal view)
 LEFT_EYE = [263, 362, 386, 374]
 MOUTH = [61, 291, 13, 14]
-# where they go, as fractions of the crop size (x, y)
-TEMPLATE = np.array([[0.34, 0.37], [0.66, 0.37], [0.50, 0.71]], np.float64)
+# where they go: geometry.TEMPLATE
 
 
 def anchor_points(lm: np.ndarray) -> np.ndarray:
