@@ -336,30 +336,37 @@ def render_face(identity: Identity, state: np.ndarray) -> tuple[np.ndarray, np.n
     outside = np.maximum(0, np.maximum(x_lo - xs, xs - x_hi))
     tau = 0.6 + 0.6 * outside
     s = (1.0 / (1.0 + np.exp(-(ys - mid_y) / tau)))[..., None]
-    field = np.zeros((size, size, 2), np.float32)
-    field[y0:y1, x0:x1] = (1 - s) * fu + s * fl
-    full_y, full_x = np.mgrid[0:size, 0:size].astype(np.float32)
-    frame = cv2.remap(base, full_x + field[..., 0], full_y + field[..., 1], cv2.INTER_LINEAR,
-                      borderMode=cv2.BORDER_REFLECT101).astype(np.float32) / 255.0
+    # the warp moves pixels inside the box only: outside it the frame is the base itself
+    grid_y, grid_x = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    field = ((1 - s) * fu + s * fl).astype(np.float32)
+    frame = base.astype(np.float32) / 255.0
+    frame[y0:y1, x0:x1] = cv2.remap(base, grid_x + field[..., 0], grid_y + field[..., 1], cv2.INTER_LINEAR,
+                                    borderMode=cv2.BORDER_REFLECT101).astype(np.float32) / 255.0
 
-    # the mouth cavity between the moved inner lips, with upper and lower teeth
+    # the mouth cavity between the moved inner lips, with upper and lower teeth, drawn in the
+    # polygon's box (2 px of margin: the mask's blur stays inside)
     poly = np.concatenate([seam_up, seam_lo[::-1]])
+    bx0, by0 = (np.floor(poly.min(0)).astype(int) - 3).clip(0, size)
+    bx1, by1 = (np.ceil(poly.max(0)).astype(int) + 4).clip(0, size)
     ss = 4  # supersampled mask: anti-aliased edges
-    mask = np.zeros((size * ss, size * ss), np.uint8)
-    cv2.fillPoly(mask, [np.round(poly * ss).astype(np.int32)], 255)
-    mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
-    if mask.max() > 0:
-        up_y = np.interp(full_x, seam_up[np.argsort(seam_up[:, 0]), 0], seam_up[np.argsort(seam_up[:, 0]), 1])
-        lo_y = np.interp(full_x, seam_lo[np.argsort(seam_lo[:, 0]), 0], seam_lo[np.argsort(seam_lo[:, 0]), 1])
-        depth = np.clip((full_y - up_y) / np.maximum(lo_y - up_y, 1.0), 0, 1)
+    mask = np.zeros(((by1 - by0) * ss, (bx1 - bx0) * ss), np.uint8)
+    cv2.fillPoly(mask, [np.round((poly - (bx0, by0)) * ss).astype(np.int32)], 255)
+    mask = cv2.resize(mask, (bx1 - bx0, by1 - by0), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    if mask.size and mask.max() > 0:
+        box_y, box_x = np.mgrid[by0:by1, bx0:bx1].astype(np.float32)
+        up_y = np.interp(box_x, seam_up[np.argsort(seam_up[:, 0]), 0], seam_up[np.argsort(seam_up[:, 0]), 1])
+        lo_y = np.interp(box_x, seam_lo[np.argsort(seam_lo[:, 0]), 0], seam_lo[np.argsort(seam_lo[:, 0]), 1])
+        depth = np.clip((box_y - up_y) / np.maximum(lo_y - up_y, 1.0), 0, 1)
         cavity = np.stack([0.24 - 0.12 * depth, 0.08 - 0.04 * depth, 0.09 - 0.04 * depth], -1)
         teeth_h = 0.1 * mw
-        teeth = np.clip((up_y + teeth_h - full_y) / 1.5, 0, 1) + 0.6 * np.clip((full_y - (lo_y - 0.05 * mw)) / 1.5, 0, 1)
+        teeth = np.clip((up_y + teeth_h - box_y) / 1.5, 0, 1) + 0.6 * np.clip((box_y - (lo_y - 0.05 * mw)) / 1.5, 0, 1)
         teeth = np.clip(teeth, 0, 1)[..., None]
         shade = (1.0 - 0.15 * depth)[..., None]
         cavity = cavity * (1 - teeth) + np.array([0.93, 0.9, 0.84], np.float32) * shade * teeth
-        mask = cv2.GaussianBlur(mask, (3, 3), 0.6)
-        frame = frame * (1 - mask[..., None]) + cavity * mask[..., None]
+        mask = cv2.GaussianBlur(mask, (3, 3), 0.6)[..., None]
+        inside = frame[by0:by1, bx0:bx1] * (1 - mask) + cavity * mask  # float32 * float32 + float64
+        frame = frame.astype(np.float64)
+        frame[by0:by1, bx0:bx1] = inside
     return frame, moved
 
 
