@@ -1,6 +1,10 @@
 import sys
 
-from .cli import main
+from .envcheck import check
+
+check()  # before the CLI imports anything: a wrong interpreter gets one clear message
+
+from .cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

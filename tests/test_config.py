@@ -1,11 +1,15 @@
-"""params.yaml validation, the stage views and presets."""
+"""params.yaml validation, the stage views and presets; the interpreter check."""
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 import yaml
 
 from conftest import REPO, default_params, run_cli
-from pipeline import config
+from pipeline import config, envcheck
 from pipeline.errors import ConfigError
 from pipeline.stages import STAGES
 
@@ -102,3 +106,22 @@ def test_unknown_preset(tmp_path):
     path.write_text((REPO / "params.yaml").read_text())
     proc = run_cli(["preset", "voxceleb"], cwd=tmp_path)
     assert proc.returncode == 2 and "unknown preset 'voxceleb'" in proc.stderr
+
+
+def test_every_requirement_maps_to_a_module_of_the_environment():
+    dists = envcheck.requirements()
+    assert {"torch", "mediapipe", "pyyaml", "scikit-image", "mlflow"} <= set(dists)
+    assert "snakemake" not in dists and "dvc" not in dists  # the stage commands never import them
+    # the test environment is the project's: an unmapped import name would show up here
+    assert envcheck.missing(dists) == []
+    assert envcheck.missing(["surely-not-a-real-distribution"]) == ["surely-not-a-real-distribution"]
+
+
+def test_wrong_interpreter_gets_one_clear_message_before_any_work(tmp_path):
+    # -S leaves out site-packages: the interpreter has the pipeline's source but none of its requirements
+    proc = subprocess.run([sys.executable, "-S", "-m", "pipeline", "acquire"], cwd=REPO, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": ""})
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "lacks" in proc.stderr and "numpy" in proc.stderr and "torch" in proc.stderr
+    assert "source .venv/bin/activate" in proc.stderr and sys.executable in proc.stderr
