@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -88,8 +89,12 @@ def test_stage_writes_model_metrics_plot_and_survives_sigterm(processed, tmp_pat
     assert "resuming from" in (proj / "re.log").read_text()
     metrics = json.loads((proj / "metrics/train_sync_expert.json").read_text())
     assert metrics["steps"] == 60 and 0 <= metrics["val_acc"] <= 1
+    for split in ("val", "test"):  # which way it errs (the accuracy mixes the two), and how well it ranks
+        hit, fa = metrics[f"{split}_acc_in_sync"], metrics[f"{split}_acc_off_sync"]
+        assert min(hit, fa) - 1e-6 <= metrics[f"{split}_acc"] <= max(hit, fa) + 1e-6
+        assert 0 <= metrics[f"{split}_auc"] <= 1
     plot = pd.read_csv(proj / "plots/train_sync_expert.csv")
-    assert list(plot.step) == list(range(1, 61)) and plot.val_loss.notna().sum() == 3
+    assert list(plot.step) == list(range(1, 61)) and plot.val_loss.notna().sum() == 3 and plot.val_auc.notna().sum() == 3
     assert (proj / "models/sync_expert/expert.pt").is_file() and (proj / "models/sync_expert/last.pt").is_file()
     assert not list(proj.glob("work/train_sync_expert/*"))
 
@@ -108,3 +113,10 @@ def test_sync_check_finds_a_delayed_clip(expert_project):
     metrics = json.loads((proj / "metrics/sync_check.json").read_text())
     assert metrics["clips"] == len(table) and metrics["excluded"] >= 1
     assert (proj / "data/sync_check/lrw/offsets_hist.png").stat().st_size > 10_000
+
+
+def test_roc_auc_counts_ties_half():
+    assert sync_expert.roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([False, False, True, True])) == 0.75
+    assert sync_expert.roc_auc(np.array([0.5, 0.5]), np.array([True, False])) == 0.5
+    assert sync_expert.roc_auc(np.array([0.9, 0.1]), np.array([True, False])) == 1.0
+    assert np.isnan(sync_expert.roc_auc(np.array([0.9, 0.1]), np.array([True, True])))

@@ -30,7 +30,9 @@ from ..runtime import fingerprint, launcher_rank, write_curves_csv, write_json_a
 from . import expert_io, loop
 
 log = logging.getLogger("pipeline.sync_expert")
-PLOT_FIELDS = ["step", "train_loss", "train_bce", "lr", "val_loss", "val_acc", "val_acc_voiced"]
+PLOT_FIELDS = ["step", "train_loss", "train_bce", "lr", "val_loss", "val_acc", "val_acc_voiced", "val_acc_in_sync",
+               "val_acc_off_sync", "val_auc"]
+DIAGNOSTICS = ("acc_in_sync", "acc_off_sync", "auc")
 
 
 def collate(samples):
@@ -55,9 +57,28 @@ def evaluate(model, val: SyncDataset, n: int, rt: loop.Runtime, batch: int = 128
     p, y, v = torch.cat(probs), torch.cat(labels), torch.cat(voiced)
     correct = ((p > 0.5).float() == y).float()
     loss = torch.nn.functional.binary_cross_entropy(p, y).item()
+    pos = y > 0.5
     return {f"{prefix}_loss": loss, f"{prefix}_acc": correct.mean().item(),
             f"{prefix}_acc_voiced": correct[v].mean().item() if v.any() else float("nan"),
-            f"{prefix}_voiced_fraction": v.float().mean().item()}
+            f"{prefix}_voiced_fraction": v.float().mean().item(),
+            # which way it errs (missed in-sync pairs or false alarms on off-sync ones), and how well
+            # it ranks them whatever the 0.5 threshold (low AUC: the embeddings do not separate them;
+            # high AUC with low accuracy: the cosine is miscalibrated)
+            f"{prefix}_acc_in_sync": correct[pos].mean().item() if pos.any() else float("nan"),
+            f"{prefix}_acc_off_sync": correct[~pos].mean().item() if (~pos).any() else float("nan"),
+            f"{prefix}_auc": roc_auc(p.numpy(), pos.numpy())}
+
+
+def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve: the probability that a random positive scores above a random
+    negative (ties count half), from the Mann-Whitney rank sum. NaN without both classes."""
+    from scipy.stats import rankdata
+
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def evaluate_test(view: dict, expert_path: Path) -> dict:
@@ -74,7 +95,7 @@ def evaluate_test(view: dict, expert_path: Path) -> dict:
     n = min(cfg["val_samples"], len(test))
     out = evaluate(model, test, n, rt, prefix="test")
     return {"test_acc": out["test_acc"], "test_acc_voiced": out["test_acc_voiced"], "test_loss": out["test_loss"],
-            "test_samples": n}
+            **{f"test_{k}": out[f"test_{k}"] for k in DIAGNOSTICS}, "test_samples": n}
 
 
 def learning_rate(cfg: dict, step: int) -> float:
@@ -161,14 +182,16 @@ def train_worker(rank: int, world: int, view: dict, work: str, tracker) -> None:
                 row.update(evaluate(model, val, n_val, rt))
                 if row["val_loss"] < best["val_loss"] - 1e-4:
                     best = {"val_loss": row["val_loss"], "step": step, "evals_since": 0,
-                            "val_acc": row["val_acc"], "val_acc_voiced": row["val_acc_voiced"]}
+                            "val_acc": row["val_acc"], "val_acc_voiced": row["val_acc_voiced"],
+                            **{f"val_{k}": row[f"val_{k}"] for k in DIAGNOSTICS}}
                     if rt.is_main:
                         loop.save_checkpoint(work / "best.pt", expert_io.package(model, step, row))
                 else:
                     best["evals_since"] += 1
                 if rt.is_main:
-                    log.info("step %d: loss %.4f, val loss %.4f, acc %.3f (voiced %.3f), %.1f samples/s", step,
-                             row["train_loss"], row["val_loss"], row["val_acc"], row["val_acc_voiced"],
+                    log.info("step %d: loss %.4f, val loss %.4f, acc %.3f (voiced %.3f; in sync %.3f, off sync %.3f), "
+                             "AUC %.3f, %.1f samples/s", step, row["train_loss"], row["val_loss"], row["val_acc"],
+                             row["val_acc_voiced"], row["val_acc_in_sync"], row["val_acc_off_sync"], row["val_auc"],
                              (step - (history[0]["step"] - 1 if history else 0)) * cfg["batch_size"] / (time.time() - started))
             history.append(row)
             if rt.is_main and tracker is not None and (step % cfg["log_every"] == 0 or "val_loss" in row):
@@ -225,6 +248,7 @@ def run(view: dict, tracker=None) -> dict:
     best = done["best"]
     metrics = {"steps": done["step"], "best_step": best["step"], "val_loss": best["val_loss"],
                "val_acc": best["val_acc"], "val_acc_voiced": best["val_acc_voiced"],
+               **{f"val_{k}": best.get(f"val_{k}", float("nan")) for k in DIAGNOSTICS},
                "train_seconds": round(time.time() - started, 1), "train_clips": len(train.clips), "val_samples": min(cfg["val_samples"], len(val))}
     metrics.update(evaluate_test(view, out / "expert.pt"))
     write_json_atomic(paths.metrics("train_sync_expert"), metrics)
