@@ -109,7 +109,7 @@ def test_unknown_preset(tmp_path):
 
 
 def test_every_requirement_maps_to_a_module_of_the_environment():
-    dists = envcheck.requirements()
+    dists, python_spec = envcheck.requirements()
     assert {"torch", "mediapipe", "pyyaml", "scikit-image", "mlflow"} <= set(dists)
     assert "snakemake" not in dists and "dvc" not in dists  # the stage commands never import them
     # the test environment is the project's: an unmapped import name would show up here
@@ -125,3 +125,18 @@ def test_wrong_interpreter_gets_one_clear_message_before_any_work(tmp_path):
     assert "Traceback" not in proc.stderr
     assert "lacks" in proc.stderr and "numpy" in proc.stderr and "torch" in proc.stderr
     assert "source .venv/bin/activate" in proc.stderr and sys.executable in proc.stderr
+
+
+def test_interpreter_check_reads_pyproject_without_tomllib_and_checks_the_python_version():
+    import tomllib
+
+    text = envcheck.PYPROJECT.read_text()
+    project = tomllib.loads(text)["project"]
+    by_pattern = envcheck.project_table_by_pattern(text)  # what Python < 3.11 reads
+    assert by_pattern["dependencies"] == project["dependencies"]
+    assert by_pattern["requires-python"] == project["requires-python"] == ">=3.10,<3.13"
+    assert [envcheck.python_ok(">=3.10,<3.13", v) for v in ((3, 9), (3, 10), (3, 12), (3, 13))] == \
+        [False, True, True, False]
+    assert envcheck.module_name("Scikit_Image") == "skimage" and envcheck.module_name("ruamel_yaml") == "ruamel.yaml"
+    assert envcheck.module_name("python_speech_features") == "python_speech_features"
+    assert "is Python" in envcheck.message([], ">=3.10,<3.13") and "needs >=3.10,<3.13" in envcheck.message([], ">=3.10,<3.13")

@@ -141,7 +141,7 @@ def run(view: dict) -> dict:
 
     imgs = []
     if curves_png(paths.plot("train_sync_expert"), [["train_loss", "val_loss"],
-                                                             ["val_acc", "val_acc_in_sync", "val_acc_off_sync", "val_auc"]],
+                                                             ["val_acc", "val_acc_voiced", "val_acc_in_sync", "val_acc_off_sync", "val_auc"]],
                   "sync expert", tmp / "curves_sync_expert.png"):
         imgs.append("curves_sync_expert.png")
     for v in variants:
