@@ -44,6 +44,7 @@ def train_one(view: dict, seed: int, keep: str | None = None) -> dict:
     best = done["best"]
     return {"seed": seed, "val_acc": best["val_acc"], "val_acc_voiced": best["val_acc_voiced"],
             "test_acc": test.get("test_acc", float("nan")), "test_acc_voiced": test.get("test_acc_voiced", float("nan")),
+            "val_auc": best.get("val_auc", float("nan")), "test_auc": test.get("test_auc", float("nan")),
             "best_step": best["step"], "steps": done["step"], "seconds": seconds}
 
 
@@ -56,10 +57,10 @@ def _value(text: str):
 
 def report(name: str, rows: list[dict]) -> dict:
     print(f"{name}:")
-    print("  seed  val_acc  val_voiced  test_acc  test_voiced  best_step  steps  seconds")
+    print("  seed  val_acc  val_voiced  val_auc  test_acc  test_voiced  test_auc  best_step  steps  seconds")
     for r in rows:
-        print(f"  {r['seed']:>4}  {r['val_acc']:7.3f}  {r['val_acc_voiced']:10.3f}  {r['test_acc']:8.3f}  "
-              f"{r['test_acc_voiced']:11.3f}  {r['best_step']:>9}  {r['steps']:>5}  {r['seconds']:7.1f}")
+        print(f"  {r['seed']:>4}  {r['val_acc']:7.3f}  {r['val_acc_voiced']:10.3f}  {r['val_auc']:7.3f}  {r['test_acc']:8.3f}  "
+              f"{r['test_acc_voiced']:11.3f}  {r['test_auc']:8.3f}  {r['best_step']:>9}  {r['steps']:>5}  {r['seconds']:7.1f}")
     worst = {k: min(r[k] for r in rows) for k in ("val_acc", "val_acc_voiced", "test_acc", "test_acc_voiced")}
     worst["seconds"] = max(r["seconds"] for r in rows)
     print(f"  worst: val_acc {worst['val_acc']:.3f}, val_acc_voiced {worst['val_acc_voiced']:.3f}, "
