@@ -1,5 +1,6 @@
 """The SyncTalkFace generator: shapes, the memory, where each loss's gradients go, learning,
-exact resume, DDP with gloo, the NaN guard, and the stage for both variants."""
+exact resume, DDP with gloo, the NaN guard, the stage for both variants, and the proof on a
+short run (talking_blobs)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import run_cli
+import talking_blobs
+from conftest import default_params, run_cli
 from pipeline.errors import PipelineError
 from pipeline.models import memory as mem
 from pipeline.models.discriminator import QualityDiscriminator
@@ -433,12 +435,9 @@ def test_a_short_run_beats_the_composite_with_a_mouth_that_follows_the_audio(tmp
     from another clip's audio are further from the truth."""
     import yaml
 
-    import talking_blobs
     from pipeline.evaluate import generate as gen
     from pipeline.evaluate.metrics import mouth
     from pipeline.io.store import Store
-
-    from conftest import default_params
 
     talking_blobs.write_store(tmp_path / "data/processed/embedded", clips={"train": 24, "val": 6, "test": 2})
     p = default_params()
