@@ -417,7 +417,6 @@ def test_stage_writes_model_metrics_plot(expert_project, tmp_path, variant):
     assert bad.returncode != 0
 
 
-
 # the proof run: the default recipe at test size (the learning rate held: no decay in 150 steps).
 # The expert trained for 10 steps knows nothing, so its sync term stays off (sync_warmup =
 # max_steps): the proof rests on the L1, memory and GAN terms. 150 steps take ~95 s on 2 cores
