@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.data.datasets import GeneratorDataset, SampleError, SyncDataset
+from pipeline.data.datasets import GeneratorDataset, SampleError, SyncDataset, augment_groups, warp_mel
 from pipeline.io import align
 from pipeline.io.store import Store
 
@@ -91,3 +91,26 @@ def test_broken_sample_names_the_clip(store, tmp_path):
     bad = [n for n, (k, i) in enumerate(ds.pairs) if ds.clips.clip_id[k] == index.clip_id[0]][0]
     with pytest.raises(SampleError, match=f"clip {index.clip_id[0]}.*index and shard disagree"):
         ds[bad]
+
+
+def test_augmentation_is_one_per_clip_and_warps_the_mel_along_frequency():
+    rng = np.random.default_rng(0)
+    window = torch.from_numpy(rng.random((1, 15, 48, 96), dtype=np.float32))
+    mel_win = torch.from_numpy(rng.uniform(-4, 4, (1, 1, 80, 16)).astype(np.float32))
+    faces, mel = window.repeat(4, 1, 1, 1), mel_win.repeat(4, 1, 1, 1)
+    groups = torch.tensor([0, 0, 1, 1])
+    out_faces, out_mel = augment_groups(faces, mel, groups, np.random.default_rng(3))
+    assert out_faces.shape == faces.shape and out_mel.shape == mel.shape
+    assert 0.0 <= out_faces.min() and out_faces.max() <= 1.0 and out_mel.abs().max() <= 4.0
+    # the windows of one clip get the same change, so a negative differs from a positive in timing only
+    assert torch.equal(out_faces[0], out_faces[1]) and torch.equal(out_mel[0], out_mel[1])
+    assert not torch.allclose(out_faces[0], out_faces[2]) and not torch.allclose(out_mel[0], out_mel[2])
+    assert not torch.allclose(out_faces[0], faces[0]) and not torch.allclose(out_mel[0], mel[0])
+
+    ramp = torch.arange(80.0).view(1, 1, 80, 1).repeat(3, 1, 1, 16)
+    warped = warp_mel(ramp, np.array([1.0, 0.9, 1.1]))
+    assert torch.allclose(warped[0], ramp[0], atol=1e-4)
+    # bin b takes bin b * factor; bin 0 stays, and the top is held at the last bin
+    assert torch.allclose(warped[1, 0, :, 0], torch.arange(80.0) * 0.9, atol=1e-3)
+    assert torch.allclose(warped[2, 0, :72, 0], torch.arange(72.0) * 1.1, atol=1e-3)
+    assert torch.allclose(warped[2, 0, 72:, 0], torch.full((8,), 79.0), atol=1e-3)

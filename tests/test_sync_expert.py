@@ -120,3 +120,22 @@ def test_roc_auc_counts_ties_half():
     assert sync_expert.roc_auc(np.array([0.5, 0.5]), np.array([True, False])) == 0.5
     assert sync_expert.roc_auc(np.array([0.9, 0.1]), np.array([True, False])) == 1.0
     assert np.isnan(sync_expert.roc_auc(np.array([0.9, 0.1]), np.array([True, True])))
+
+
+def test_test_figures_pool_several_pairings_of_the_windows(in_project):
+    from pipeline.data.datasets import SyncDataset
+    from pipeline.io.store import Store
+    from pipeline.models.syncnet import SyncNet
+
+    store = Store(in_project / "data/processed/lrw")
+    torch.manual_seed(0)
+    model = SyncNet(96, 0.0625)
+    rt = loop.setup(amp=False, rank=0, world_size=1)
+    a, b = (SyncDataset(store, ("val",), seed=s, other_clip=0.25) for s in (1, 1001))
+    n = min(24, len(a))
+    one, other = sync_expert.evaluate(model, a, n, rt), sync_expert.evaluate(model, b, n, rt)
+    pooled = sync_expert.evaluate(model, [a, b], n, rt)
+    # the pooled figures are the mean of the two pairings (same number of pairs in each)
+    for key in ("val_acc", "val_loss"):
+        assert pooled[key] == pytest.approx((one[key] + other[key]) / 2, abs=1e-5)
+    assert sync_expert.evaluate(model, [a], n, rt)["val_acc"] == one["val_acc"]

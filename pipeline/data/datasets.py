@@ -212,9 +212,11 @@ class SyncGroups:
                 torch.tensor(groups))
 
 
-def augment_groups(faces: torch.Tensor, mel: torch.Tensor, groups: torch.Tensor, rng: np.random.Generator):
+def augment_groups(faces: torch.Tensor, mel: torch.Tensor, groups: torch.Tensor, rng: np.random.Generator,
+                   mel_warp: float = 0.1):
     """Per-clip augmentation of a SyncGroups batch: colour (gain per channel, brightness,
-    contrast), geometry (shift, scale, horizontal flip) and audio gain, the same for every window
+    contrast), geometry (shift, scale, horizontal flip), audio gain and a frequency warp of the
+    mel (`warp_mel`, factor 1 +- `mel_warp`; 0: none), the same for every window
     of a group, so that negatives still differ from positives in timing only."""
     import torch.nn.functional as F
 
@@ -236,4 +238,21 @@ def augment_groups(faces: torch.Tensor, mel: torch.Tensor, groups: torch.Tensor,
     grid = F.affine_grid(torch.from_numpy(theta)[g], (n, c, h, w), align_corners=False)
     x = F.grid_sample(x.reshape(n, c, h, w), grid, mode="bilinear", padding_mode="border", align_corners=False)
     audio_gain = torch.from_numpy(rng.uniform(-0.4, 0.4, (n_groups, 1, 1, 1)).astype(np.float32))
+    if mel_warp > 0:
+        mel = warp_mel(mel, rng.uniform(1.0 - mel_warp, 1.0 + mel_warp, n_groups)[g.numpy()])
     return x.clamp(0, 1), (mel + audio_gain[g]).clamp(-4, 4)
+
+
+def warp_mel(mel: torch.Tensor, factor: np.ndarray) -> torch.Tensor:
+    """Stretch each mel window [1, bins, steps] along frequency by `factor` (bin b takes the value
+    of bin b * factor, bin 0 fixed): a vocal-tract-length change, so that the audio encoder does not
+    learn one voice's formants (the held-out speakers' voices are not in training)."""
+    import torch.nn.functional as F
+
+    n = mel.shape[0]
+    theta = np.zeros((n, 2, 3), np.float32)
+    theta[:, 0, 0] = 1.0
+    theta[:, 1, 1] = factor
+    theta[:, 1, 2] = factor - 1.0  # y_in = factor * (y_out + 1) - 1: the lowest bin stays where it is
+    grid = F.affine_grid(torch.from_numpy(theta), tuple(mel.shape), align_corners=True)
+    return F.grid_sample(mel, grid, mode="bilinear", padding_mode="border", align_corners=True)
