@@ -337,6 +337,24 @@ def test_learning_rates_decay_from_lr_decay_from_to_zero_at_max_steps(in_expert_
     assert state["opt_d"]["param_groups"][0]["lr"] == pytest.approx(2e-3 * last)
 
 
+def test_the_gan_weight_ramps_up_after_its_warm_up(in_expert_project, tmp_path):
+    cfg = {"gan_warmup": 2, "gan_ramp": 4}
+    assert [gen_stage.gan_scale(cfg, s) for s in range(8)] == [0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert [gen_stage.gan_scale({"gan_warmup": 2, "gan_ramp": 0}, s) for s in (1, 2, 9)] == [0.0, 1.0, 1.0]
+    # the training loop weights the logged GAN term by it: each step's total is the weighted sum
+    _, params = in_expert_project
+    view = tiny_view(params, max_steps=5, gan_ramp=4, weights={**params["generator"]["weights"], "gan": 0.5})
+    gen_stage.train_worker(0, 1, view, "memory", str(tmp_path), None)
+    w = view["generator"]["weights"]
+    history = loop.load_checkpoint(tmp_path / "checkpoint.pt")["history"]
+    for k, row in enumerate(history):  # row k is step k
+        rest = w["l1"] * (row["l1"] + row["l1_lip"]) + sum(w[n] * row[n] for n in ("store", "align", "vv_sync"))
+        rest += w["av_sync"] * row["av_sync"] if k >= view["generator"]["sync_warmup"] else 0.0
+        gan = w["gan"] * gen_stage.gan_scale(view["generator"], k) * row.get("gan", 0.0)
+        assert row["loss"] == pytest.approx(rest + gan, rel=1e-5), k
+    assert "gan" in history[3] and history[3]["gan"] > 0  # step 3: weight 0.5 x 0.5
+
+
 def test_stage_starts_the_audio_encoder_from_the_expert_when_asked(in_expert_project):
     from pipeline import paths
     from pipeline.train import expert_io

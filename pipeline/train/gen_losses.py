@@ -8,7 +8,7 @@ total = w_l1 * (L1 of the audio-path decode + L1 of the lip-path decode)
                                       windows, computed by a frozen copy of the lip encoder that is
                                       refreshed from the live one every step: the loss trains the
                                       generator, never the encoder)
-        + w_gan * adversarial         (after `gan_warmup` steps; discriminator logits)
+        + w_gan * adversarial         (after `gan_warmup` steps, ramped over `gan_ramp`; logits)
 
 The audio-visual sync term joins after `sync_warmup` steps (it is still computed, without
 gradient, for the curves). From the first step, the expert's gradient on a face whose mouth the

@@ -2,8 +2,8 @@
 discriminator, with the frozen sync expert (DESIGN §5).
 
 One generator step, then one discriminator step (Adam, betas from params). Stability where the
-authors' run failed: no GAN term for `gan_warmup` steps (and no expert sync term for
-`sync_warmup`), discriminator logits (no clamp),
+authors' run failed: no GAN term for `gan_warmup` steps, then its weight ramped up over
+`gan_ramp` steps (and no expert sync term for `sync_warmup`), discriminator logits (no clamp),
 gradient clipping of both networks, D/G balance logged; a non-finite loss stops the run with a
 message and leaves the last good checkpoint. Validation every `eval_every` steps on fixed val
 samples (audio path only, as at inference): L1, PSNR of the crop and of the mouth region, the
@@ -163,17 +163,19 @@ class TrainState:
             for group in opt.param_groups:
                 group["lr"] = base * f
 
-    def step_on(self, batch: dict, use_gan: bool, on_non_finite=None, use_sync: bool = True) -> dict:
+    def step_on(self, batch: dict, use_gan: bool, on_non_finite=None, use_sync: bool = True,
+                gan_scale: float = 1.0) -> dict:
         """One G step then one D step; returns every loss term and the D/G balance (floats).
-        `on_non_finite(parts)` is called (on every rank) before any update when the loss is not
-        finite; it is expected to raise."""
+        `gan_scale` multiplies the GAN term's weight (its ramp). `on_non_finite(parts)` is called
+        (on every rank) before any update when the loss is not finite; it is expected to raise."""
         cfg, rt, g, d = self.cfg, self.rt, self.g, self.d
+        weights = {**cfg["weights"], "gan": cfg["weights"]["gan"] * gan_scale}
         for p in d.parameters():  # the G step must not touch D
             p.requires_grad_(False)
         with loop.autocast(rt):
             out = self.net_g(batch["masked"], batch["reference"], batch["mel"],
                              batch["lip"] if g.use_memory else None, cfg["lip_path"])
-            total, parts = generator_losses(out, batch, cfg["weights"], self.expert, self.lip_copy, d, use_gan,
+            total, parts = generator_losses(out, batch, weights, self.expert, self.lip_copy, d, use_gan,
                                             use_sync)
         if loop.any_rank(rt, not bool(torch.isfinite(total))):  # every rank stops together
             for p in d.parameters():
@@ -195,6 +197,16 @@ class TrainState:
                "d_fake": torch.sigmoid(fake_logits.float()).mean().item(),
                **{k: v.item() for k, v in parts.items()}}
         return {k: loop.all_mean(rt, v) for k, v in row.items()}
+
+
+def gan_scale(cfg: dict, step: int) -> float:
+    """The GAN weight's factor at `step`: 0 during `gan_warmup`, then rising linearly to 1 over
+    `gan_ramp` steps. The discriminator trains from the first step, so by the end of the warm-up it
+    tells real from generated with near certainty; its full weight at once pulled the generator
+    off its L1 course (mouth L1 up by half on one seed of three, README)."""
+    if step < cfg["gan_warmup"]:
+        return 0.0
+    return min(1.0, (step - cfg["gan_warmup"] + 1) / cfg["gan_ramp"]) if cfg["gan_ramp"] > 0 else 1.0
 
 
 def _terms(parts: dict) -> str:
@@ -245,7 +257,8 @@ def train_worker(rank: int, world: int, view: dict, variant: str, work: str, tra
             batch = {k: v.to(rt.device) for k, v in collate([train[i] for i in idx]).items()}
             use_gan = step >= cfg["gan_warmup"] and cfg["weights"]["gan"] > 0
             ts.set_lr(step)
-            row = ts.step_on(batch, use_gan, non_finite, use_sync=step >= cfg["sync_warmup"])
+            row = ts.step_on(batch, use_gan, non_finite, use_sync=step >= cfg["sync_warmup"],
+                             gan_scale=gan_scale(cfg, step))
             step += 1
             row = {"step": step, **row}
             if step % cfg["eval_every"] == 0 or step == cfg["max_steps"]:
