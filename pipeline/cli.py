@@ -123,8 +123,12 @@ def _device_tag() -> str:
 
 
 def _preset(args) -> int:
-    config.apply_preset(args.name, args.params)
-    print(f"preset {args.name} applied to {args.params} (validated)")
+    before = config.flatten(config.read_yaml(args.params, "params file"))
+    after = config.flatten(config.apply_preset(args.name, args.params))
+    changed = [k for k in after if before.get(k) != after[k]]
+    print(f"preset {args.name} applied to {args.params} (validated): {len(changed)} value(s) changed")
+    for key in changed:
+        print(f"  {key}: {before.get(key)!r} -> {after[key]!r}")
     return 0
 
 

@@ -149,12 +149,27 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
-def apply_preset(name: str, params_path: Path | str = "params.yaml") -> dict:
-    """Merge workflow/presets/<name>.yaml into params.yaml (comments kept), validate, write atomically."""
+def load_preset(name: str, _chain: tuple[str, ...] = ()) -> dict:
+    """workflow/presets/<name>.yaml with its `include:` (a preset name or a list of them) merged in
+    first, so that the file's own keys win."""
+    if name in _chain:
+        raise ConfigError(f"preset {name!r} includes itself ({' -> '.join(_chain + (name,))})")
     preset_file = PRESETS_DIR / f"{name}.yaml"
     if not preset_file.is_file():
-        raise ConfigError(f"unknown preset {name!r} (available: {', '.join(preset_names())})")
-    return update_params(params_path, read_yaml(preset_file, "preset") or {}, f"preset {name}")
+        where = f" (included by {_chain[-1]!r})" if _chain else ""
+        raise ConfigError(f"unknown preset {name!r}{where} (available: {', '.join(preset_names())})")
+    own = read_yaml(preset_file, "preset") or {}
+    include = own.pop("include", None) or []
+    merged: dict = {}
+    for base in [include] if isinstance(include, str) else include:
+        merged = deep_merge(merged, load_preset(str(base), _chain + (name,)))
+    return deep_merge(merged, own)
+
+
+def apply_preset(name: str, params_path: Path | str = "params.yaml") -> dict:
+    """Merge the preset `name` (with its includes) into params.yaml (comments kept), validate,
+    write atomically."""
+    return update_params(params_path, load_preset(name), f"preset {name}")
 
 
 def update_params(params_path: Path | str, update: dict, what: str) -> dict:

@@ -101,6 +101,46 @@ def test_preset_merges_validates_and_keeps_comments(tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.parametrize("name", ["lrw", "lrs2"])
+def test_dataset_presets_bring_the_papers_recipe(tmp_path, name):
+    """The embedded corpus's CPU recipe (quarter width, fast lr, half the sync weight, residual
+    output) must not follow a user to LRW/LRS2: the dataset presets include presets/paper.yaml."""
+    path = tmp_path / "params.yaml"
+    text = (REPO / "params.yaml").read_text()
+    default = yaml.safe_load(text)
+    path.write_text(text.replace("root: null ", f"root: /datasets/{name}", 2))
+    proc = run_cli(["preset", name], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    merged = yaml.safe_load(path.read_text())
+    gen, expert = merged["generator"], merged["sync_expert"]
+    assert merged["data"]["dataset"] == name and merged["preprocess"]["img_size"] == 128
+    assert gen["weights"] == {"l1": 10.0, "store": 0.2, "align": 0.2, "av_sync": 0.2, "vv_sync": 0.2, "gan": 0.2}
+    assert (gen["lr_g"], gen["lr_d"], gen["betas"], gen["batch_size"]) == (1e-4, 5e-4, [0.5, 0.999], 40)
+    assert gen["width"] == expert["width"] == 1.0 and gen["output"] == "direct"
+    assert gen["lr_decay_from"] >= gen["max_steps"]  # constant rates
+    assert (expert["lr"], expert["lr_schedule"], expert["batch_size"]) == (1e-4, "constant", 64)
+    assert merged["data"]["embedded"] == default["data"]["embedded"]  # the rest is left alone
+    # the command lists what it changed
+    assert "generator.weights.av_sync: 0.1 -> 0.2" in proc.stdout
+    assert f"data.dataset: 'embedded' -> '{name}'" in proc.stdout
+
+
+def test_preset_includes_resolve_and_fail_clearly(tmp_path, monkeypatch):
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    (presets / "base.yaml").write_text("generator: {lr_g: 1.0e-4, width: 1.0}\n")
+    (presets / "child.yaml").write_text("include: base\ngenerator: {width: 0.5}\n")
+    (presets / "loop.yaml").write_text("include: [loop2]\n")
+    (presets / "loop2.yaml").write_text("include: loop\n")
+    (presets / "orphan.yaml").write_text("include: nowhere\n")
+    monkeypatch.setattr(config, "PRESETS_DIR", presets)
+    assert config.load_preset("child") == {"generator": {"lr_g": 1e-4, "width": 0.5}}  # own keys win
+    with pytest.raises(ConfigError, match="includes itself"):
+        config.load_preset("loop")
+    with pytest.raises(ConfigError, match="unknown preset 'nowhere' \\(included by 'orphan'\\)"):
+        config.load_preset("orphan")
+
+
 def test_unknown_preset(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text((REPO / "params.yaml").read_text())
