@@ -3,6 +3,7 @@ speech coverage, and mouth motion in sync with the speech."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -65,6 +66,24 @@ def test_test_split_holds_out_identities_and_voices(corpus):
     plans = embedded.plan_corpus(dict(tiny_params()["data"]["embedded"], train_clips=40))
     train_ids = {p.identity for p in plans if p.split == "train"}
     assert {i.split("-")[0] for i in train_ids} == set(face_anim.PHOTOS)
+
+
+def test_identities_and_voices_share_each_split_evenly():
+    """Each identity and each voice of a split speaks n // k or n // k + 1 of its clips (an
+    earlier plan gave the first variant of each photo three times the clips of the second)."""
+    cfg = dict(tiny_params()["data"]["embedded"], train_clips=50, val_clips=9, test_clips=7, identities_per_photo=3)
+    plans = embedded.plan_corpus(cfg)
+    for split in embedded.SPLITS:
+        mine = [p for p in plans if p.split == split]
+        # held out: one identity per photo and two voices; seen: the other identities and voices
+        pools = {"identity": len(face_anim.PHOTOS) * (1 if split == "test" else cfg["identities_per_photo"] - 1),
+                 "voice": 2 if split == "test" else len(embedded.VOICES) - 2}
+        for key, pool in pools.items():
+            counts = Counter(getattr(p, key) for p in mine)
+            assert len(counts) == min(pool, len(mine)), (split, key, counts)
+            assert max(counts.values()) - min(counts.values()) <= 1, (split, key, counts)
+        # not tied to the words, which cycle through the split
+        assert len({(p.word, p.identity) for p in mine}) > len({p.word for p in mine}) or len(mine) < 4
 
 
 @pytest.mark.parametrize("per_photo", range(2, 9))

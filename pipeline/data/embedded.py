@@ -71,15 +71,25 @@ def plan_corpus(cfg: dict) -> list[ClipPlan]:
         rng = np.random.default_rng([cfg["seed"], s_idx, 7919])
         ids = test_ids if split == "test" else seen_ids
         voices = VOICES[-2:] if split == "test" else VOICES[:-2]
+        n = cfg[f"{split}_clips"]
+        # every identity and every voice of the split gets the same number of clips (+-1), in a
+        # seeded order of their own (not tied to the words, which cycle)
+        clip_ids, clip_voices = _balanced(rng, len(ids), n), _balanced(rng, len(voices), n)
         counts: dict[str, int] = {}
-        for i in range(cfg[f"{split}_clips"]):
+        for i in range(n):
             word = words[i % len(words)]
             counts[word] = counts.get(word, 0) + 1
-            voice, pitch, prange = voices[int(rng.integers(len(voices)))]
-            plans.append(ClipPlan(split, i, word, counts[word], ids[i % len(ids)] if len(ids) > 1 and i % 2 == 0
-                                  else ids[int(rng.integers(len(ids)))], voice,
+            voice, pitch, prange = voices[clip_voices[i]]
+            plans.append(ClipPlan(split, i, word, counts[word], ids[clip_ids[i]], voice,
                                   int(pitch + rng.integers(-6, 7)), prange, (cfg["seed"], s_idx, i)))
     return plans
+
+
+def _balanced(rng: np.random.Generator, k: int, n: int) -> np.ndarray:
+    """n choices among k, each taken n // k or n // k + 1 times, in a random order (the extra
+    ones go to a random subset)."""
+    extra = rng.permutation(k)[: n % k]
+    return rng.permutation(np.concatenate([np.repeat(np.arange(k), n // k), extra]).astype(int))
 
 
 def _phrase(rng: np.random.Generator, word: str, n_side: int) -> tuple[list[str], int]:
