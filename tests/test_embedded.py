@@ -29,7 +29,10 @@ def test_layout_is_lrw_and_txt_is_parsed(corpus):
     ref = next(layouts.iter_lrw(out))
     txt = layouts.parse_txt(ref.txt_path)
     assert txt["Text"] == ref.word and txt["Duration"].endswith("seconds") and ref.speaker
-    assert json.loads((out / "source.json").read_text())["clips"] == info["clips"]
+    record = json.loads((out / "source.json").read_text())
+    assert record["clips"] == info["clips"]
+    # the encoder's build is recorded: another build makes other bytes, so other hashes downstream
+    assert record["sources"]["encoder"] == ffmpeg.build() and record["sources"]["encoder"].startswith("ffmpeg version")
     assert not list(out.parent.glob(".embedded.tmp-*"))
 
 

@@ -197,7 +197,9 @@ def build(cfg: dict, out_dir: Path, workers: int, progress=None) -> dict:
             "speech_coverage": {"min": round(float(cov.min()), 4), "mean": round(float(cov.mean()), 4)},
             "params": cfg,
             "sources": {"photos": face_anim.PHOTOS,
-                        "speech": "espeak-ng (GPL-3.0) from the espeakng-loader wheel, synthesised offline"},
+                        "speech": "espeak-ng (GPL-3.0) from the espeakng-loader wheel, synthesised offline",
+                        # the encoder's build decides the clips' bytes (and so every hash downstream)
+                        "encoder": ffmpeg.build()},
         }
         (tmp / "source.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         if out_dir.exists():
