@@ -54,6 +54,24 @@ def test_resume_is_exact(in_project, tmp_path):
     assert [r["train_loss"] for r in ha] == [r["train_loss"] for r in hb]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path")
+def test_cpu_autocast_is_bf16_only_where_the_cpu_has_bf16_instructions(monkeypatch):
+    assert not loop.cpu_native_bf16("flags\t\t: fpu sse avx2 avx512f avx512bw avx512_vnni\n")
+    onednn_bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert loop.cpu_native_bf16("flags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n") == onednn_bf16
+    assert loop.cpu_native_bf16("flags\t\t: fpu amx_bf16 amx_tile\n") == onednn_bf16
+    monkeypatch.setattr(loop, "cpu_native_bf16", lambda *a: False)
+    assert loop.setup(amp=True).precision == "fp32" and loop.autocast(loop.setup(amp=True)).__class__.__name__ == "nullcontext"
+    monkeypatch.setattr(loop, "cpu_native_bf16", lambda *a: True)
+    assert loop.setup(amp=False).precision == "fp32"
+    rt = loop.setup(amp=True)
+    assert rt.precision == "bf16" and rt.scaler is None
+    conv = torch.nn.Conv2d(3, 4, 3)
+    with loop.autocast(rt):
+        out = conv(torch.rand(2, 3, 8, 8))
+    assert out.dtype == torch.bfloat16 and conv.weight.dtype == torch.float32  # weights and updates stay fp32
+
+
 def test_ddp_two_gloo_processes(in_project, tmp_path):
     work = tmp_path / "ddp"
     work.mkdir()

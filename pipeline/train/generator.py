@@ -216,7 +216,10 @@ def _terms(parts: dict) -> str:
 def train_worker(rank: int, world: int, view: dict, variant: str, work: str, tracker) -> None:
     cfg = view["generator"]
     rt = loop.worker_setup(cfg["amp"], rank, world)
-    log.info("%s: rank %d of %d DDP process(es) on %s", variant, rt.rank, rt.world_size, rt.device)
+    log.info("%s: rank %d of %d DDP process(es) on %s, %s autocast", variant, rt.rank, rt.world_size, rt.device,
+             rt.precision)
+    if rt.is_main and tracker is not None:
+        tracker.set_tags({"precision": rt.precision})
     work = Path(work)
     ckpt_path = work / "checkpoint.pt"
     train, val, _ = datasets(view)

@@ -155,6 +155,10 @@ def train_worker(rank: int, world: int, view: dict, work: str, tracker) -> None:
         if rank == 0:
             log.info("resuming from %s at step %d", ckpt_path, step)
     net = torch.nn.parallel.DistributedDataParallel(model) if rt.distributed else model
+    if rt.is_main:
+        log.info("sync expert: %d DDP process(es) on %s, %s autocast", rt.world_size, rt.device, rt.precision)
+        if tracker is not None:
+            tracker.set_tags({"precision": rt.precision})
     per_rank = max(2, cfg["batch_size"] // rt.world_size)
     stop = loop.StopRequest()
 
