@@ -51,6 +51,26 @@ def test_shapes(size, width):
         model(torch.randn(1, 1, 80, 16), torch.rand(1, 15, 20, 40))
 
 
+def test_a_wider_audio_encoder_maps_to_the_face_embedding_and_survives_its_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = SyncNet(96, 0.25, audio_width=0.5).eval()
+    plain = SyncNet(96, 0.25)
+    widths = [m.out_channels for m in model.audio_encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert widths[0] == 16 and widths[-2] == 256 and widths[-1] == 128  # 2x the plain encoder's, then the embedding
+    assert sum(p.numel() for p in model.audio_encoder.parameters()) > 3 * sum(p.numel() for p in plain.audio_encoder.parameters())
+    assert model.face_encoder.state_dict().keys() == plain.face_encoder.state_dict().keys()
+    mel, faces = torch.randn(2, 1, 80, 16), torch.rand(2, 15, 48, 96)
+    with torch.no_grad():
+        a, v = model(mel, faces)
+    assert a.shape == v.shape == (2, 128)
+    torch.save(expert_io.package(model, 5, {}), tmp_path / "expert.pt")
+    loaded = expert_io.load_expert(tmp_path / "expert.pt")
+    assert loaded.config() == model.config() and loaded.config()["audio_width"] == 0.5
+    with torch.no_grad():
+        assert torch.equal(loaded(mel, faces)[0], a)
+    assert SyncNet(96, 0.25).config()["audio_width"] == 0.25  # null in params: the face encoder's width
+
+
 def test_wav2lip_expert_loads_strict_and_converts_rgb_to_bgr(tmp_path):
     ckpt = tmp_path / "lipsync_expert.pth"
     sd = wav2lip_checkpoint(ckpt)

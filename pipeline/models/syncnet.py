@@ -56,16 +56,18 @@ AUDIO = [
 ]
 
 
-def _stack(spec, width: float, first_in: int) -> nn.Sequential:
+def _stack(spec, width: float, first_in: int, last_out: int | None = None) -> nn.Sequential:
     layers = []
     for k, (cin, cout, kernel, stride, padding, residual) in enumerate(spec):
         cin = first_in if k == 0 else _scaled(cin, width)
-        layers.append(ConvBlock(cin, _scaled(cout, width), kernel, stride, padding, residual))
+        cout = last_out if last_out is not None and k == len(spec) - 1 else _scaled(cout, width)
+        layers.append(ConvBlock(cin, cout, kernel, stride, padding, residual))
     return nn.Sequential(*layers)
 
 
 class SyncNet(nn.Module):
-    def __init__(self, img_size: int = 96, width: float = 1.0, input_channels: str = "rgb"):
+    def __init__(self, img_size: int = 96, width: float = 1.0, input_channels: str = "rgb",
+                 audio_width: float | None = None):
         super().__init__()
         if img_size not in (96, 128):
             raise ValueError(f"img_size must be 96 or 128, got {img_size}")
@@ -74,14 +76,19 @@ class SyncNet(nn.Module):
         face = list(FACE_96)
         if img_size == 128:
             face.insert(len(face) - 1, EXTRA_128)
-        self.face_encoder = _stack(face, width, 15)
-        self.audio_encoder = _stack(AUDIO, width, 1)
-        self.img_size, self.width, self.input_channels = img_size, width, input_channels
         self.embed_dim = _scaled(512, width)
+        # the audio encoder may be wider than the face encoder (it costs a fifteenth of the face
+        # encoder's operations at equal width); its last 1x1 layer maps to the shared embedding
+        audio_width = width if audio_width is None else audio_width
+        self.face_encoder = _stack(face, width, 15)
+        self.audio_encoder = _stack(AUDIO, audio_width, 1, last_out=self.embed_dim)
+        self.img_size, self.width, self.input_channels = img_size, width, input_channels
+        self.audio_width = audio_width
         channels_last(self)
 
     def config(self) -> dict:
-        return {"img_size": self.img_size, "width": self.width, "input_channels": self.input_channels}
+        return {"img_size": self.img_size, "width": self.width, "input_channels": self.input_channels,
+                "audio_width": self.audio_width}
 
     def _to_network_channels(self, faces: torch.Tensor) -> torch.Tensor:
         if self.input_channels == "rgb":

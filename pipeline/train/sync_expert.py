@@ -141,7 +141,7 @@ def train_worker(rank: int, world: int, view: dict, work: str, tracker) -> None:
     train, val = _datasets(view)
     n_val = min(cfg["val_samples"], len(val))
     loop.seed_everything(cfg["seed"])
-    model = SyncNet(view["preprocess"]["img_size"], cfg["width"]).to(rt.device)
+    model = SyncNet(view["preprocess"]["img_size"], cfg["width"], audio_width=cfg.get("audio_width")).to(rt.device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     step, history, best = 0, [], {"val_loss": float("inf"), "step": -1, "evals_since": 0}
     if ckpt_path.is_file():
