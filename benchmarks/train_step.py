@@ -84,7 +84,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--paper-steps", type=int, default=2)
     ap.add_argument("--skip-paper", action="store_true")
-    ap.add_argument("--child", nargs=8, metavar=("SIZE", "WIDTH", "BATCH", "FRAMES", "VARIANT", "STEPS", "LAYOUT", "AMP"))
+    ap.add_argument("--child", nargs=8,
+                    metavar=("SIZE", "WIDTH", "BATCH", "FRAMES", "VARIANT", "STEPS", "LAYOUT", "AMP"))
     a = ap.parse_args()
     if a.child:
         s, w, b, t, v, n, layout, amp = a.child

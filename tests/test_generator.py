@@ -251,7 +251,7 @@ def test_audio_encoder_can_start_from_the_experts():
     mel = fake_batch()["mel"][:, 0]
     g.eval()  # BatchNorm running statistics were copied too: in eval mode both encoders agree
     assert torch.allclose(g.encode_audio(mel), expert.audio_encoder(mel).flatten(1))
-    with pytest.raises(PipelineError, match="sync_expert.width == generator.width"):
+    with pytest.raises(PipelineError, match=r"audio_width, or its width when that is null, == generator.width"):
         gen_stage.init_audio_from_expert(Generator(96, 0.25, slots=12), expert)
 
 

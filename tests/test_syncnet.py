@@ -57,7 +57,8 @@ def test_a_wider_audio_encoder_maps_to_the_face_embedding_and_survives_its_check
     plain = SyncNet(96, 0.25)
     widths = [m.out_channels for m in model.audio_encoder.modules() if isinstance(m, torch.nn.Conv2d)]
     assert widths[0] == 16 and widths[-2] == 256 and widths[-1] == 128  # 2x the plain encoder's, then the embedding
-    assert sum(p.numel() for p in model.audio_encoder.parameters()) > 3 * sum(p.numel() for p in plain.audio_encoder.parameters())
+    n_params = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    assert n_params(model.audio_encoder) > 3 * n_params(plain.audio_encoder)
     assert model.face_encoder.state_dict().keys() == plain.face_encoder.state_dict().keys()
     mel, faces = torch.randn(2, 1, 80, 16), torch.rand(2, 15, 48, 96)
     with torch.no_grad():

@@ -90,9 +90,8 @@ def init_audio_from_expert(g: Generator, expert: torch.nn.Module) -> None:
     bad = [k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape]
     if bad or len(theirs) != len(ours):
         raise PipelineError(f"generator.audio_init: expert needs the expert's audio encoder to match the generator's "
-                            f"(same width: sync_expert.audio_width, or its width when that is null, == generator.width); "
-                            f"{len(bad)} of {len(ours)} tensors "
-                            f"differ, e.g. {bad[:3]}")
+                            f"(same width: sync_expert.audio_width, or its width when that is null, "
+                            f"== generator.width); {len(bad)} of {len(ours)} tensors differ, e.g. {bad[:3]}")
     g.audio.load_state_dict({k: v.detach().clone() for k, v in theirs.items()})
 
 
