@@ -290,12 +290,8 @@ def _backward_field(points: np.ndarray, disp: np.ndarray, grid: np.ndarray, sigm
     """Smooth backward map (destination -> source offset) from control points moved by disp:
     kernel regression at the destinations, with a zero-displacement background term."""
     dest = points + disp
-    # squared distances, x and y apart: the same sums bit for bit as summing a [N, P, 2] array
-    # over its last axis, without the slow reduction over a length-2 axis (6x faster)
-    dx = grid[:, 0, None] - dest[None, :, 0]
-    dy = grid[:, 1, None] - dest[None, :, 1]
-    d2 = dx * dx
-    d2 += dy * dy
+    dx, dy = grid[:, 0, None] - dest[None, :, 0], grid[:, 1, None] - dest[None, :, 1]
+    d2 = dx * dx + dy * dy  # bit for bit a [N, P, 2] array summed over its last axis, 6x faster
     k = np.exp(-d2 / (2 * sigma ** 2))
     num = k @ (-disp)
     den = k.sum(1, keepdims=True) + 1e-3
