@@ -91,6 +91,46 @@ def test_evaluate_writes_every_metric_for_every_system(evaluated):
     assert ffmpeg.read_frames(cross).shape[2] == 4 * frames.shape[1]
 
 
+def test_scoring_in_worker_processes_gives_the_rows_of_one_process(evaluated, tmp_path, monkeypatch):
+    """The stage scores clips in one worker process per core; the rows (order and values) must be
+    those of scoring every clip in this process, and the sample videos the same files."""
+    from pipeline import paths
+    from pipeline.errors import PipelineError
+    from pipeline.evaluate.run import cross_pairs, score_all, systems_for, test_clips
+
+    proj, params = evaluated
+    monkeypatch.chdir(proj)
+    store = Store(paths.processed_dir("embedded"))
+    clips = test_clips(params, store)[0].head(3)
+    pairs = cross_pairs("auto", store, clips)[:2]
+    systems = systems_for(params)
+    scorer_args = (None, paths.model_dir("sync_expert") / "expert.pt", "cpu", 15)
+    got = {}
+    for workers in (1, 2):
+        samples = tmp_path / f"samples-{workers}"
+        samples.mkdir()
+        got[workers] = score_all("embedded", store, clips, pairs, systems, scorer_args, samples, 1, workers)
+        got[workers] += (sorted(f.name for f in samples.iterdir()),)
+    one, two = got[1], got[2]
+    assert one[2] == two[2] and len(one[2]) == 2  # one sample video per protocol
+    for a, b in ((one[0], two[0]), (one[1], two[1])):
+        a, b = pd.DataFrame(a), pd.DataFrame(b)
+        assert len(a) == len(b) > 0 and list(a.columns) == list(b.columns)
+        text = [c for c in a.columns if a[c].dtype == object]
+        assert (a[text] == b[text]).all().all()
+        # one torch thread per worker against this process's own: sums may round differently
+        np.testing.assert_allclose(a.drop(columns=text).to_numpy(float), b.drop(columns=text).to_numpy(float),
+                                   rtol=1e-3, atol=1e-3)
+    assert len(one[0]) == len(clips) * 4 and len(one[1]) == len(pairs) * 4  # ground truth, composite, two variants
+
+    # a checkpoint that cannot be read stops the stage with its name, from a worker as in-process
+    bad = tmp_path / "generator.pt"
+    bad.write_bytes(b"not a checkpoint")
+    for workers in (1, 2):
+        with pytest.raises(PipelineError, match="generator.pt: cannot be read"):
+            score_all("embedded", store, clips, pairs, {**systems, "memory": bad}, scorer_args, tmp_path, 0, workers)
+
+
 def test_cross_audio_pair_lists_name_clips_by_id_or_tail_and_bad_lines_are_named(processed, tmp_path):
     from pipeline.errors import PipelineError
     from pipeline.evaluate.run import cross_pairs

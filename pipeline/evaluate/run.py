@@ -146,41 +146,16 @@ def run(view: dict, tracker=None) -> dict:
     clips, excluded = test_clips(view, store)
     pairs = cross_pairs(cfg["pairs"], store, clips)
     systems = systems_for(view)
-    models = {name: gen.load_generator(p, device) for name, p in systems.items() if p is not None}
-    scorer = lse.make_scorer(cfg["syncnet_v2"], paths.model_dir("sync_expert") / "expert.pt", device,
-                             search=cfg["lse_search"])
-    marks = MouthLandmarks()
-    rows = []
+    scorer_args = (cfg["syncnet_v2"], paths.model_dir("sync_expert") / "expert.pt", device, cfg["lse_search"])
+    scorer = lse.make_scorer(*scorer_args)  # here too: a missing or bad network stops the stage before any work
     out_dir = paths.eval_dir()
     tmp_out = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp_out, ignore_errors=True)
     (tmp_out / "samples").mkdir(parents=True)
-    from tqdm import tqdm
-
-    with tempfile.TemporaryDirectory() as tmp:
-        for k, row in enumerate(tqdm(clips.itertuples(), total=len(clips), desc="evaluate", unit="clip", disable=None)):
-            frames, mel = store.frames(row.clip_id), store.mel(row.clip_id)
-            audio = clip_audio(row, paths.raw_dir(ds))
-            refs = gen.reference_frames(frames)
-            outputs = {"ground_truth": frames, "composite": composite(frames, refs)}
-            for name, model in models.items():
-                outputs[name] = gen.generate(model, frames, gen.mel_windows(len(frames), mel), refs)
-            real_lips = marks.clip(frames)
-            for name, fake in outputs.items():
-                video = Path(tmp) / f"{name}-{k}.mp4"
-                ffmpeg.write_mp4(video, fake, 25, audio, 16000)
-                sync = scorer(video, mel)
-                dist, used = lmd(marks.clip(fake), real_lips)
-                rows.append({"clip_id": row.clip_id, "system": name, "psnr": float(np.mean(np.minimum(psnr_frames(fake, frames), 100))),
-                             "ssim": float(ssim_frames(fake, frames).mean()),
-                             "psnr_mouth": float(np.mean(np.minimum(psnr_frames(mouth(fake), mouth(frames)), 100))),
-                             "ssim_mouth": float(ssim_frames(mouth(fake), mouth(frames)).mean()),
-                             "lmd": dist, "lmd_frames": used, "lse_d": sync["min_dist"], "lse_c": sync["confidence"],
-                             "offset": sync["offset"]})
-            if k < cfg["sample_videos"]:
-                side = np.concatenate([outputs[n] for n in outputs], axis=2)
-                ffmpeg.write_mp4(tmp_out / "samples" / f"{row.clip_id.replace('/', '_')}.mp4", side, 25, audio, 16000)
-        cross_rows = cross_audio(pairs, store, ds, models, scorer, Path(tmp), tmp_out / "samples", cfg["sample_videos"])
+    workers = min(available_cores(), len(clips) + len(pairs)) if device.type == "cpu" else 1
+    rows, cross_rows = score_all(ds, store, clips, pairs, systems, scorer_args, tmp_out / "samples",
+                                 cfg["sample_videos"], workers)
+    log.info("evaluate: %d clips and %d cross_audio pairs in %d process(es)", len(clips), len(pairs), workers)
     per_clip = pd.DataFrame(rows)
     table = per_clip.groupby("system", sort=False)[METRICS + ["offset", "lmd_frames"]].mean()
     table["offset_abs"] = per_clip.assign(o=per_clip.offset.abs()).groupby("system", sort=False).o.mean()
@@ -198,7 +173,7 @@ def run(view: dict, tracker=None) -> dict:
         cross_table["lse_network"] = scorer.network
         cross_table.reset_index().to_csv(tmp_out / "eval_table_cross_audio.csv", index=False, float_format="%.4f")
     (tmp_out / "systems.txt").write_text(
-        f"systems in column order of the sample videos: {' | '.join(outputs)}\n"
+        f"systems in column order of the sample videos: {' | '.join(systems)}\n"
         f"LSE network: {scorer.network}\nLMD landmarks: mediapipe face mesh, 40 lip points, crop pixels\n")
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -224,38 +199,133 @@ def run(view: dict, tracker=None) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
-def cross_audio(pairs: list[tuple[str, str]], store: Store, dataset: str, models: dict, scorer, tmp: Path,
-                samples: Path, sample_videos: int) -> list[dict]:
-    """LSE of every system on face clips driven by other clips' speech (no ground truth exists)."""
+_CTX: dict = {}  # what every clip's scoring needs, in this process or in each worker process
+
+
+def score_all(dataset: str, store: Store, clips: pd.DataFrame, pairs: list[tuple[str, str]],
+              systems: dict[str, Path | None], scorer_args: tuple, samples: Path, sample_videos: int,
+              workers: int = 1) -> tuple[list[dict], list[dict]]:
+    """Per-system rows of every test clip (protocol reconstruction) and of every cross_audio pair,
+    in clip and pair order whatever the number of worker processes; the first `sample_videos`
+    of each protocol also leave a side-by-side video in `samples`. `systems`: name -> generator
+    checkpoint (None: ground_truth and composite); `scorer_args`: lse.make_scorer's arguments.
+
+    With workers > 1 the clips are shared among that many processes of one torch thread each (a
+    clip's work is mostly single-threaded: ffmpeg, the face mesh, small convolutions). They
+    start from a fork server, not from this process: a fork of a process that has run the face
+    mesh aborts in the child's first mesh."""
+    from tqdm import tqdm
+
+    tasks = [("reconstruction", k) for k in range(len(clips))] + [("cross_audio", k) for k in range(len(pairs))]
+    rows, cross_rows = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        payload = {"clips": clips, "pairs": pairs, "store_root": store.root, "dataset": dataset, "systems": systems,
+                   "scorer_args": scorer_args, "tmp": Path(tmp), "samples": Path(samples), "sample_videos": sample_videos,
+                   "video_paths": pd.read_parquet(paths.manifest(dataset)).set_index("clip_id").video_path}
+        if workers <= 1:
+            _init(payload, None)
+            results = map(_score, tasks)
+        else:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("forkserver")
+            ctx.set_forkserver_preload([__name__])
+            pool = ctx.Pool(workers, initializer=_init, initargs=(payload, 1))
+            results = pool.imap(_score, tasks, chunksize=1)
+        try:
+            for (protocol, _), got in tqdm(zip(tasks, results), total=len(tasks), desc="evaluate", unit="clip",
+                                           disable=None):
+                (rows if protocol == "reconstruction" else cross_rows).extend(got)
+        finally:
+            _CTX.clear()
+            if workers > 1:
+                pool.terminate()
+                pool.join()
+    return rows, cross_rows
+
+
+def _init(payload: dict, threads: int | None) -> None:
+    """Load what scoring needs. In a worker an error is kept and raised by its first task: a pool
+    whose initializer fails restarts that worker for ever."""
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        _CTX.update(payload, store=Store(payload["store_root"]), marks=MouthLandmarks(),
+                    scorer=lse.make_scorer(*payload["scorer_args"]),
+                    models={n: gen.load_generator(p, device) for n, p in payload["systems"].items() if p is not None})
+    except Exception as exc:
+        if not threads:
+            raise
+        _CTX["error"] = exc
+
+
+def _score(task: tuple[str, int]) -> list[dict]:
+    if "error" in _CTX:
+        raise _CTX["error"]
+    protocol, k = task
+    if protocol == "reconstruction":
+        return _reconstruction(k, next(_CTX["clips"].iloc[k : k + 1].itertuples()))
+    return _cross_audio(k, *_CTX["pairs"][k])
+
+
+def _systems_on(frames: np.ndarray, mels: np.ndarray) -> dict[str, np.ndarray]:
+    refs = gen.reference_frames(frames)
+    outputs = {"ground_truth": frames, "composite": composite(frames, refs)}
+    for name, model in _CTX["models"].items():
+        outputs[name] = gen.generate(model, frames, mels, refs)
+    return outputs
+
+
+def _reconstruction(k: int, row) -> list[dict]:
+    """Every system on one test clip, generated from its own audio."""
+    c = _CTX
+    frames, mel = c["store"].frames(row.clip_id), c["store"].mel(row.clip_id)
+    audio = clip_audio(row, paths.raw_dir(c["dataset"]))
+    outputs = _systems_on(frames, gen.mel_windows(len(frames), mel))
+    real_lips = c["marks"].clip(frames)
+    rows = []
+    for name, fake in outputs.items():
+        video = c["tmp"] / f"{name}-{k}.mp4"
+        ffmpeg.write_mp4(video, fake, 25, audio, 16000)
+        sync = c["scorer"](video, mel)
+        dist, used = lmd(c["marks"].clip(fake), real_lips)
+        rows.append({"clip_id": row.clip_id, "system": name, "psnr": float(np.mean(np.minimum(psnr_frames(fake, frames), 100))),
+                     "ssim": float(ssim_frames(fake, frames).mean()),
+                     "psnr_mouth": float(np.mean(np.minimum(psnr_frames(mouth(fake), mouth(frames)), 100))),
+                     "ssim_mouth": float(ssim_frames(mouth(fake), mouth(frames)).mean()),
+                     "lmd": dist, "lmd_frames": used, "lse_d": sync["min_dist"], "lse_c": sync["confidence"],
+                     "offset": sync["offset"]})
+    if k < c["sample_videos"]:
+        side = np.concatenate(list(outputs.values()), axis=2)
+        ffmpeg.write_mp4(c["samples"] / f"{row.clip_id.replace('/', '_')}.mp4", side, 25, audio, 16000)
+    return rows
+
+
+def _cross_audio(k: int, audio_id: str, video_id: str) -> list[dict]:
+    """LSE of every system on a face clip driven by another clip's speech (no ground truth exists)."""
     from ..io import audio as audio_io
 
-    if not pairs:
-        return []
-    index = store.index.set_index("clip_id")
-    video_paths = pd.read_parquet(paths.manifest(dataset)).set_index("clip_id").video_path
+    c = _CTX
+    store = c["store"]
+    frames = store.frames(video_id)
+    a_row = pd.Series({"video_path": c["video_paths"][audio_id], "n_frames": store.index.set_index("clip_id").n_frames[audio_id]})
+    n = min(len(frames), int(a_row.n_frames))
+    frames = frames[:n]
+    wav = clip_audio(a_row, paths.raw_dir(c["dataset"]))[: n * 640]
+    mel = audio_io.melspectrogram(wav)
+    outputs = _systems_on(frames, gen.mel_windows(n, mel))
     rows = []
-    for k, (audio_id, video_id) in enumerate(pairs):
-        frames = store.frames(video_id)
-        a_row = pd.Series({"video_path": video_paths[audio_id], "n_frames": index.n_frames[audio_id]})
-        n = min(len(frames), int(a_row.n_frames))
-        frames = frames[:n]
-        wav = clip_audio(a_row, paths.raw_dir(dataset))[: n * 640]
-        mel = audio_io.melspectrogram(wav)
-        mels = gen.mel_windows(n, mel)
-        refs = gen.reference_frames(frames)
-        outputs = {"ground_truth": frames, "composite": composite(frames, refs)}
-        for name, model in models.items():
-            outputs[name] = gen.generate(model, frames, mels, refs)
-        for name, fake in outputs.items():
-            video = tmp / f"cross-{name}-{k}.mp4"
-            ffmpeg.write_mp4(video, fake, 25, wav, 16000)
-            sync = scorer(video, mel)
-            rows.append({"audio_clip": audio_id, "video_clip": video_id, "system": name, "lse_d": sync["min_dist"],
-                         "lse_c": sync["confidence"], "offset": sync["offset"]})
-        if k < sample_videos:
-            side = np.concatenate(list(outputs.values()), axis=2)
-            name = f"cross_{video_id.replace('/', '_')}__audio_{audio_id.replace('/', '_')}.mp4"
-            ffmpeg.write_mp4(samples / name, side, 25, wav, 16000)
+    for name, fake in outputs.items():
+        video = c["tmp"] / f"cross-{name}-{k}.mp4"
+        ffmpeg.write_mp4(video, fake, 25, wav, 16000)
+        sync = c["scorer"](video, mel)
+        rows.append({"audio_clip": audio_id, "video_clip": video_id, "system": name, "lse_d": sync["min_dist"],
+                     "lse_c": sync["confidence"], "offset": sync["offset"]})
+    if k < c["sample_videos"]:
+        side = np.concatenate(list(outputs.values()), axis=2)
+        name = f"cross_{video_id.replace('/', '_')}__audio_{audio_id.replace('/', '_')}.mp4"
+        ffmpeg.write_mp4(c["samples"] / name, side, 25, wav, 16000)
     return rows
 
 
