@@ -113,6 +113,9 @@ def test_scoring_in_worker_processes_gives_the_rows_of_one_process(evaluated, tm
         got[workers] += (sorted(f.name for f in samples.iterdir()),)
     one, two = got[1], got[2]
     assert one[2] == two[2] and len(one[2]) == 2  # one sample video per protocol
+    for name in one[2]:  # the same frames, up to the rounding of a generated pixel and the encoder
+        a, b = (ffmpeg.read_frames(tmp_path / f"samples-{w}" / name).astype(float) for w in (1, 2))
+        assert a.shape == b.shape and np.abs(a - b).mean() < 1.0
     for a, b in ((one[0], two[0]), (one[1], two[1])):
         a, b = pd.DataFrame(a), pd.DataFrame(b)
         assert len(a) == len(b) > 0 and list(a.columns) == list(b.columns)
@@ -122,6 +125,12 @@ def test_scoring_in_worker_processes_gives_the_rows_of_one_process(evaluated, tm
         np.testing.assert_allclose(a.drop(columns=text).to_numpy(float), b.drop(columns=text).to_numpy(float),
                                    rtol=1e-3, atol=1e-3)
     assert len(one[0]) == len(clips) * 4 and len(one[1]) == len(pairs) * 4  # ground truth, composite, two variants
+
+    # the stage itself scored in one process per core (the tiny run: snakemake --cores 2)
+    from pipeline.runtime import available_cores
+
+    n_tasks = params["data"]["embedded"]["test_clips"] * 2  # reconstruction and cross_audio (pairs: auto)
+    assert f"in {min(available_cores(), n_tasks)} process(es)" in (proj / "logs/evaluate.log").read_text()
 
     # a checkpoint that cannot be read stops the stage with its name, from a worker as in-process
     bad = tmp_path / "generator.pt"

@@ -35,6 +35,7 @@ from ..errors import PipelineError
 from ..io import ffmpeg
 from ..io.store import Store
 from ..runtime import available_cores, write_json_atomic
+from ..runtime import workers as runtime_workers
 from ..train.gen_report import composite
 from . import generate as gen
 from . import lse
@@ -152,9 +153,13 @@ def run(view: dict, tracker=None) -> dict:
     tmp_out = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp_out, ignore_errors=True)
     (tmp_out / "samples").mkdir(parents=True)
-    workers = min(available_cores(), len(clips) + len(pairs)) if device.type == "cpu" else 1
-    rows, cross_rows = score_all(ds, store, clips, pairs, systems, scorer_args, tmp_out / "samples",
-                                 cfg["sample_videos"], workers)
+    workers = min(runtime_workers(cfg["workers"]), len(clips) + len(pairs)) if device.type == "cpu" else 1
+    try:
+        rows, cross_rows = score_all(ds, store, clips, pairs, systems, scorer_args, tmp_out / "samples",
+                                     cfg["sample_videos"], workers)
+    except BaseException:
+        shutil.rmtree(tmp_out, ignore_errors=True)
+        raise
     log.info("evaluate: %d clips and %d cross_audio pairs in %d process(es)", len(clips), len(pairs), workers)
     per_clip = pd.DataFrame(rows)
     table = per_clip.groupby("system", sort=False)[METRICS + ["offset", "lmd_frames"]].mean()
@@ -213,7 +218,8 @@ def score_all(dataset: str, store: Store, clips: pd.DataFrame, pairs: list[tuple
     With workers > 1 the clips are shared among that many processes of one torch thread each (a
     clip's work is mostly single-threaded: ffmpeg, the face mesh, small convolutions). They
     start from a fork server, not from this process: a fork of a process that has run the face
-    mesh aborts in the child's first mesh."""
+    mesh aborts in the child's first mesh. A worker that dies (a crash in a native library, the
+    OOM killer) stops the stage with BrokenProcessPool rather than leaving it waiting."""
     from tqdm import tqdm
 
     tasks = [("reconstruction", k) for k in range(len(clips))] + [("cross_audio", k) for k in range(len(pairs))]
@@ -221,26 +227,28 @@ def score_all(dataset: str, store: Store, clips: pd.DataFrame, pairs: list[tuple
     with tempfile.TemporaryDirectory() as tmp:
         payload = {"clips": clips, "pairs": pairs, "store_root": store.root, "dataset": dataset, "systems": systems,
                    "scorer_args": scorer_args, "tmp": Path(tmp), "samples": Path(samples), "sample_videos": sample_videos,
-                   "video_paths": pd.read_parquet(paths.manifest(dataset)).set_index("clip_id").video_path}
+                   "video_paths": pd.read_parquet(paths.manifest(dataset)).set_index("clip_id").video_path,
+                   "n_frames": store.index.set_index("clip_id").n_frames}
+        pool = None
         if workers <= 1:
             _init(payload, None)
             results = map(_score, tasks)
         else:
             import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
 
             ctx = mp.get_context("forkserver")
             ctx.set_forkserver_preload([__name__])
-            pool = ctx.Pool(workers, initializer=_init, initargs=(payload, 1))
-            results = pool.imap(_score, tasks, chunksize=1)
+            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init, initargs=(payload, 1))
+            results = pool.map(_score, tasks)  # in task order
         try:
             for (protocol, _), got in tqdm(zip(tasks, results), total=len(tasks), desc="evaluate", unit="clip",
                                            disable=None):
                 (rows if protocol == "reconstruction" else cross_rows).extend(got)
         finally:
             _CTX.clear()
-            if workers > 1:
-                pool.terminate()
-                pool.join()
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
     return rows, cross_rows
 
 
@@ -309,7 +317,7 @@ def _cross_audio(k: int, audio_id: str, video_id: str) -> list[dict]:
     c = _CTX
     store = c["store"]
     frames = store.frames(video_id)
-    a_row = pd.Series({"video_path": c["video_paths"][audio_id], "n_frames": store.index.set_index("clip_id").n_frames[audio_id]})
+    a_row = pd.Series({"video_path": c["video_paths"][audio_id], "n_frames": c["n_frames"][audio_id]})
     n = min(len(frames), int(a_row.n_frames))
     frames = frames[:n]
     wav = clip_audio(a_row, paths.raw_dir(c["dataset"]))[: n * 640]
