@@ -161,6 +161,16 @@ def finite_json(data):
     return data
 
 
+TIMING_KEYS = ("train_seconds", "wall_seconds", "frames_per_second")
+
+
+def without_timings(metrics: dict) -> dict:
+    """The metrics a stage writes into its output files: all but how long it took. Timings vary
+    from run to run; in an output they would make a seeded re-run's files differ and DVC's lock
+    go stale. They go to MLflow (the stage's returned summary) and the log instead."""
+    return {k: v for k, v in metrics.items() if k not in TIMING_KEYS}
+
+
 def write_json_atomic(path: str | Path, data) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

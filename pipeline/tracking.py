@@ -9,6 +9,7 @@ workspaces log to the same place. MLFLOW_TRACKING_URI overrides. Only the proces
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from contextlib import contextmanager
@@ -91,6 +92,37 @@ class Tracker:
         client = self._client()
         for k, v in tags.items():
             client.set_tag(self.run_id, k, str(v))
+
+    def tag_model(self, path: str | Path) -> None:
+        """Record which model file this run wrote (its SHA-256), so that a later run can find the
+        run behind a file it uses (run_of_model) without the file holding a run id: the outputs of
+        a seeded run stay byte-identical from one run to the next, and DVC's lock stays valid."""
+        self.set_tags({"model_sha256": file_sha256(path)})
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def run_of_model(path: str | Path, stage: str) -> str:
+    """The id of the latest finished MLflow run of `stage` that wrote this model file (by content),
+    'none' when no run did (a file made elsewhere), 'unknown' when the store cannot be read. Never
+    raises: a link between runs must not fail the stage that asks for it."""
+    try:
+        import mlflow
+
+        sha = file_sha256(path)
+        mlflow.set_tracking_uri(tracking_uri())
+        runs = mlflow.search_runs(search_all_experiments=True, output_format="list", max_results=1,
+                                  filter_string=f"tags.stage = '{stage}' and tags.model_sha256 = '{sha}'",
+                                  order_by=["start_time DESC"])
+        return runs[0].info.run_id if runs else "none"
+    except Exception:  # noqa: BLE001
+        return "unknown"
 
 
 @contextmanager

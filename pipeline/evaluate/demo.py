@@ -19,7 +19,7 @@ from ..errors import PipelineError
 from ..infer import infer, ping_pong, read_speech
 from ..io import ffmpeg
 from . import mouth_sync
-from ..runtime import write_json_atomic
+from ..runtime import without_timings, write_json_atomic
 
 
 def pick_pairs(ds: str, k: int = 4) -> list[tuple[str, str]]:
@@ -69,7 +69,7 @@ def run(view: dict) -> dict:
              for key in ("mouth_corr_driving", "mouth_corr_original", "input_mouth_corr_driving")}
     summary.update(means, pairs=len(checks),
                    pairs_following_driving=int(sum(c["mouth_corr_driving"] > c["mouth_corr_original"] for c in checks)))
-    write_json_atomic(tmp / "demo.json", {"variant": variant, **summary, "per_pair": checks})
+    write_json_atomic(tmp / "demo.json", {"variant": variant, **without_timings(summary), "per_pair": checks})
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

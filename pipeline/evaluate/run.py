@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import paths
+from .. import paths, tracking
 from ..errors import PipelineError
 from ..io import ffmpeg
 from ..io.store import Store
@@ -338,5 +338,7 @@ def _cross_audio(k: int, audio_id: str, video_id: str) -> list[dict]:
 
 
 def _run_id(model_path: Path) -> str:
-    state = torch.load(model_path, map_location="cpu", weights_only=False)
-    return str(state.get("mlflow_run_id") or "none")
+    """The MLflow run that trained this checkpoint (found by the file's content; checkpoints of
+    earlier versions carry the run id inside)."""
+    old = torch.load(model_path, map_location="cpu", weights_only=False).get("mlflow_run_id")
+    return str(old) if old else tracking.run_of_model(model_path, "train_generator")

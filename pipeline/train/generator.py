@@ -35,7 +35,7 @@ from ..evaluate.metrics import mouth, psnr, to_uint8
 from ..io.store import Store
 from ..models.discriminator import QualityDiscriminator, d_loss
 from ..models.generator import Generator
-from ..runtime import fingerprint, launcher_rank, write_json_atomic
+from ..runtime import fingerprint, launcher_rank, without_timings, write_json_atomic
 from . import expert_io, gen_report, loop
 from .gen_losses import FrozenCopy, av_sync_loss, generator_losses
 
@@ -324,7 +324,7 @@ def run(view: dict, tracker=None, variant: str = "memory") -> dict:
     work.mkdir(parents=True, exist_ok=True)
     (work / "done.json").unlink(missing_ok=True)
     if tracker is not None:
-        tracker.set_tags({"variant": variant, "expert_run": _expert_run(), "sync_check_excluded": excluded})
+        tracker.set_tags({"variant": variant, "expert_run": _expert_run(expert_path), "sync_check_excluded": excluded})
     started = time.time()
     loop.run_workers(train_worker, max(1, cfg["gpus"]), view, variant, str(work), tracker)
     if launcher_rank() != 0:  # torchrun/srun started every rank: rank 0 alone writes the outputs
@@ -342,8 +342,7 @@ def run(view: dict, tracker=None, variant: str = "memory") -> dict:
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    torch.save(gen.package(g, state["step"], metrics, {"variant": variant, "dataset": ds,
-                                                       "mlflow_run_id": tracker.run_id if tracker else None}),
+    torch.save(gen.package(g, state["step"], without_timings(metrics), {"variant": variant, "dataset": ds}),
                tmp / "generator.pt")
     grids = sorted((work / "samples").glob("step_*.png"))
     if grids:
@@ -353,27 +352,20 @@ def run(view: dict, tracker=None, variant: str = "memory") -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, out)
     gen_report.write_plot(history, paths.plot(f"train_generator_{variant}"))
-    write_json_atomic(paths.metrics(f"train_generator_{variant}"), metrics)
+    write_json_atomic(paths.metrics(f"train_generator_{variant}"), without_timings(metrics))
     if tracker is not None:
+        tracker.tag_model(out / "generator.pt")
         tracker.log_artifact(out / "generator.pt", "model")
         tracker.log_artifact(paths.plot(f"train_generator_{variant}"), "plots")
     shutil.rmtree(work, ignore_errors=True)
     return metrics
 
 
-def _expert_run() -> str:
-    """The MLflow run id of the expert this generator used (the latest train_sync_expert run)."""
-    try:
-        import mlflow
+def _expert_run(expert_path: Path) -> str:
+    """The MLflow run id of the expert this generator uses: the run that wrote that file."""
+    from ..tracking import run_of_model
 
-        from ..tracking import tracking_uri
-
-        mlflow.set_tracking_uri(tracking_uri())
-        runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.stage = 'train_sync_expert'",
-                                  order_by=["start_time DESC"], max_results=1, output_format="list")
-        return runs[0].info.run_id if runs else "none"
-    except Exception:  # tagging must never fail a training run
-        return "unknown"
+    return run_of_model(expert_path, "train_sync_expert")
 
 
 def _code_files() -> list[Path]:

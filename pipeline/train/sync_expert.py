@@ -26,7 +26,7 @@ from ..data.datasets import SyncDataset, SyncGroups, augment_groups
 from ..errors import PipelineError
 from ..io.store import Store
 from ..models.syncnet import SyncNet, grouped_sync_losses, sync_probability
-from ..runtime import fingerprint, launcher_rank, write_curves_csv, write_json_atomic
+from ..runtime import fingerprint, launcher_rank, without_timings, write_curves_csv, write_json_atomic
 from . import expert_io, loop
 
 log = logging.getLogger("pipeline.sync_expert")
@@ -232,7 +232,10 @@ def run(view: dict, tracker=None) -> dict:
     cfg = view["sync_expert"]
     out = paths.model_dir("sync_expert")
     if cfg["pretrained"]:
-        return expert_io.import_to(cfg["pretrained"], out, view["preprocess"]["img_size"])
+        imported = expert_io.import_to(cfg["pretrained"], out, view["preprocess"]["img_size"])
+        if tracker is not None:
+            tracker.tag_model(out / "expert.pt")
+        return imported
     train, val = _datasets(view)  # fail early on a missing store
     ds = view["data"]["dataset"]
     shards = sorted(paths.processed_shards(ds).glob("shard-*/meta.json"))  # checksums of the crops
@@ -266,8 +269,9 @@ def run(view: dict, tracker=None) -> dict:
                **{f"val_{k}": best.get(f"val_{k}", float("nan")) for k in DIAGNOSTICS},
                "train_seconds": round(time.time() - started, 1), "train_clips": len(train.clips), "val_samples": min(cfg["val_samples"], len(val))}
     metrics.update(evaluate_test(view, out / "expert.pt"))
-    write_json_atomic(paths.metrics("train_sync_expert"), metrics)
+    write_json_atomic(paths.metrics("train_sync_expert"), without_timings(metrics))
     if tracker is not None:
+        tracker.tag_model(out / "expert.pt")
         tracker.log_artifact(out / "expert.pt", "model")
         tracker.log_artifact(paths.plot("train_sync_expert"), "plots")
     shutil.rmtree(work, ignore_errors=True)
