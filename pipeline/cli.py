@@ -163,8 +163,11 @@ def _infer(args) -> int:
     from .infer import default_checkpoint, infer
 
     runtime.setup_logging(args.log)
-    summary = infer(Path(args.face), Path(args.audio), Path(args.checkpoint or default_checkpoint()), Path(args.output),
-                    batch=args.batch)
+    checkpoint = Path(args.checkpoint or default_checkpoint())
+    if not checkpoint.is_file():  # before decoding anything
+        raise PipelineError(f"--checkpoint {checkpoint}: generator checkpoint not found (train it with "
+                            f"train_generator, or run infer from the project's folder)")
+    summary = infer(Path(args.face), Path(args.audio), checkpoint, Path(args.output), batch=args.batch)
     line = (f"infer: {args.output}: {summary['frames']} frames ({summary['seconds_of_audio']} s) in "
             f"{summary['wall_seconds']} s, {summary['frames_per_second']} frames/s; "
             f"{summary['frames_without_face']} frames without a face copied through")
@@ -177,7 +180,7 @@ def _compare(args) -> int:
     from .evaluate.compare import render, runs_table
 
     table, same = runs_table(args.experiment, args.stage, args.last)
-    print(render(table, same, args.format))
+    print(render(table, same, args.format), end="")
     return 0
 
 
@@ -187,6 +190,16 @@ def _stages(args) -> int:
         print(f"{'':10s} code:   {', '.join(spec.all_code)}")
         print(f"{'':10s} {spec.summary}")
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,13 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio", required=True, help="speech: wav/mp3/m4a or a video's audio track")
     p.add_argument("--checkpoint", default=None, help="generator checkpoint (default models/generator/memory/generator.pt)")
     p.add_argument("-o", "--output", required=True, help="the output .mp4")
-    p.add_argument("--batch", type=int, default=32, help="frames generated per batch")
+    p.add_argument("--batch", type=_positive_int, default=32, help="frames generated per batch")
     p.add_argument("--log", default=None)
     p.set_defaults(func=_infer)
     p = sub.add_parser("compare", help="MLflow runs side by side: params that differ, final metrics")
     p.add_argument("--experiment", default=None, help="experiment name (default: every synctalkface-* experiment)")
     p.add_argument("--stage", default=None, help="only runs of this stage (e.g. train_generator)")
-    p.add_argument("--last", type=int, default=6, help="the newest N runs (default 6)")
+    p.add_argument("--last", type=_positive_int, default=6, help="the newest N runs (default 6)")
     p.add_argument("--format", choices=("markdown", "csv"), default="markdown")
     p.set_defaults(func=_compare)
     p = sub.add_parser("stages", help="list the stages, the params and the code each depends on")

@@ -30,10 +30,20 @@ SAMPLES_PER_FRAME = 16000 // FPS
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
+def _check_file(option: str, path: Path) -> None:
+    if path.is_dir():
+        raise PipelineError(f"{option} {path}: is a folder; give a file")
+    if not path.is_file():
+        raise PipelineError(f"{option} {path}: file not found")
+
+
+def _reason(exc: Exception) -> str:
+    return getattr(exc, "reason", None) or str(exc)
+
+
 def read_face(path: Path, n_frames: int) -> tuple[np.ndarray, bool]:
     """The face frames, n_frames long (looped forward-backward or cut); (frames, is_image)."""
-    if not path.is_file():
-        raise PipelineError(f"--face {path}: file not found")
+    _check_file("--face", path)
     if path.suffix.lower() in IMAGE_SUFFIXES:
         from PIL import Image
 
@@ -45,7 +55,7 @@ def read_face(path: Path, n_frames: int) -> tuple[np.ndarray, bool]:
     try:
         frames = ffmpeg.read_frames(path, fps=FPS)
     except Exception as exc:
-        raise PipelineError(f"--face {path}: cannot be read as a video ({exc})") from None
+        raise PipelineError(f"--face {path}: cannot be read as a video ({_reason(exc)})") from None
     if len(frames) == 0:
         raise PipelineError(f"--face {path}: no video frames")
     return ping_pong(frames, n_frames), False
@@ -61,12 +71,11 @@ def ping_pong(frames: np.ndarray, n: int) -> np.ndarray:
 
 
 def read_speech(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise PipelineError(f"--audio {path}: file not found")
+    _check_file("--audio", path)
     try:
         wav = ffmpeg.read_audio(path, 16000)
     except Exception as exc:
-        raise PipelineError(f"--audio {path}: no readable audio stream ({exc})") from None
+        raise PipelineError(f"--audio {path}: no readable audio stream ({_reason(exc)})") from None
     if len(wav) < 5 * SAMPLES_PER_FRAME:
         raise PipelineError(f"--audio {path}: too short ({len(wav) / 16000:.2f} s; at least 0.2 s is needed)")
     if np.sqrt(np.mean(wav.astype(np.float64) ** 2)) < 1e-4:
@@ -98,6 +107,8 @@ def infer(face: Path, speech: Path, checkpoint: Path, out: Path, batch: int = 32
     started = time.time()
     if out.suffix.lower() != ".mp4":
         raise PipelineError(f"-o {out}: the output must be an .mp4 file")
+    if batch < 1:
+        raise PipelineError(f"--batch {batch}: must be at least 1")
     wav = read_speech(speech)
     n = math.ceil(len(wav) / SAMPLES_PER_FRAME)
     frames, is_image = read_face(face, n)
@@ -140,4 +151,8 @@ def infer(face: Path, speech: Path, checkpoint: Path, out: Path, batch: int = 32
 
 
 def default_checkpoint() -> Path:
-    return Path("models/generator/memory/generator.pt")
+    """models/generator/memory/generator.pt in the current folder or, failing that, in the project
+    this package was installed from (so that `infer` also works from another folder)."""
+    rel = Path("models/generator/memory/generator.pt")
+    home = Path(__file__).resolve().parents[1] / rel
+    return home if not rel.is_file() and home.is_file() else rel

@@ -201,6 +201,47 @@ def test_compare_prints_runs_side_by_side(evaluated):
     assert "tag.variant" in out and "metric.final_mouth_psnr" in out
     csv = run_cli(["compare", "--stage", "train_generator", "--last", "2", "--format", "csv"], cwd=proj, check=True)
     assert csv.stdout.splitlines()[0].count(",") == 2
+    assert csv.stdout.splitlines()[-1].strip() != ""  # no empty last row
+    bad = run_cli(["compare", "--last", "0"], cwd=proj)
+    assert bad.returncode == 2 and "--last" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_compare_outside_the_project_names_the_missing_store_and_creates_none(tmp_path):
+    proc = run_cli(["compare"], cwd=tmp_path, env={"MLFLOW_TRACKING_URI": ""})  # the default store
+    assert proc.returncode == 1 and "no MLflow store at" in proc.stderr and str(tmp_path) in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_runs_are_linked_to_the_model_files_they_wrote_and_used(evaluated):
+    """The evaluate run names the training run of each checkpoint it scored, and each generator
+    run the expert run it trained against: found by the file's SHA-256, which the writing run
+    tagged. The files themselves hold no run id or timing (a seeded re-run writes the same bytes)."""
+    import mlflow
+
+    from pipeline.tracking import file_sha256
+
+    proj, _ = evaluated
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=500)
+    by_id = {r.info.run_id: r for r in runs}
+    expert = proj / "models/sync_expert/expert.pt"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=proj, capture_output=True, text=True).stdout.strip()
+    evaluations = [r for r in runs if r.data.tags.get("stage") == "evaluate" and r.data.tags.get("git_commit") == head]
+    assert evaluations
+    evaluations.sort(key=lambda r: r.info.start_time)  # the first is this run's (copies of it come later)
+    for variant in ("memory", "no_memory"):
+        ckpt = proj / f"models/generator/{variant}/generator.pt"
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        assert "mlflow_run_id" not in state and "train_seconds" not in state["metrics"]
+        linked = by_id[evaluations[0].data.tags[f"evaluates.{variant}"]]
+        assert linked.data.tags["stage"] == "train_generator" and linked.data.tags["variant"] == variant
+        assert linked.data.tags["model_sha256"] == file_sha256(ckpt)
+        assert "train_seconds" in linked.data.metrics  # timings live in MLflow
+        expert_run = by_id[linked.data.tags["expert_run"]]
+        assert expert_run.data.tags["model_sha256"] == file_sha256(expert)
+    for name in ("train_sync_expert", "train_generator_memory"):
+        assert "train_seconds" not in json.loads((proj / f"metrics/{name}.json").read_text())
+    assert "wall_seconds" not in json.loads((proj / "reports/demo/demo.json").read_text())
 
 
 # ------------------------------------------------------------------ inference
@@ -217,6 +258,7 @@ def test_infer_video_and_still_image_and_error_cases(evaluated, tmp_path):
     proc = infer(proj, "--face", face, "--audio", speech, "-o", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "frames/s" in proc.stdout and "0 frames without a face" in proc.stdout
+    assert "inference_feedback_manager" not in proc.stderr and "XNNPACK" not in proc.stderr  # mediapipe's chatter
     info = ffmpeg.probe(out)
     speech_len = len(ffmpeg.read_audio(speech)) / 16000
     assert abs(info.decoded_frames / 25 - speech_len) <= 1 / 25 + 1e-6 and info.fps == 25 and info.has_audio
@@ -251,6 +293,12 @@ def test_infer_video_and_still_image_and_error_cases(evaluated, tmp_path):
         proc = infer(proj, "--face", args[0], "--audio", args[1], "-o", str(bad_out))
         assert proc.returncode == 1 and words in proc.stderr, (args, proc.stderr[-500:])
         assert not bad_out.exists() and not list(tmp_path.glob(".bad*"))
+        assert " @ 0x" not in proc.stderr and proc.stderr.count(args[1]) <= 1  # ffmpeg's words, the file named once
+    proc = infer(proj, "--face", str(tmp_path), "--audio", speech, "-o", str(tmp_path / "x.mp4"))
+    assert proc.returncode == 1 and "is a folder" in proc.stderr
+    for batch in ("0", "-2", "two"):
+        proc = infer(proj, "--face", face, "--audio", speech, "-o", str(tmp_path / "x.mp4"), "--batch", batch)
+        assert proc.returncode == 2 and "--batch" in proc.stderr and not (tmp_path / "x.mp4").exists(), batch
 
 
 def test_inference_uses_the_training_frame_to_mel_mapping():

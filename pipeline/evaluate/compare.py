@@ -6,6 +6,8 @@ not shown), and the final value of every metric. Markdown (default) or CSV.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from ..errors import PipelineError
@@ -21,7 +23,11 @@ def runs_table(experiment: str | None, stage: str | None, last: int) -> tuple[pd
 
     from ..tracking import tracking_uri
 
-    mlflow.set_tracking_uri(tracking_uri())
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():  # never create an empty store
+        raise PipelineError(f"no MLflow store at {uri[len('sqlite:///'):]}: run a stage first, or run compare from "
+                            f"the project's folder (or set MLFLOW_TRACKING_URI)")
+    mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
     exps = client.search_experiments()
     if experiment:
@@ -62,4 +68,4 @@ def render(table: pd.DataFrame, same: int, fmt: str) -> str:
         return shown.to_csv()
     header = "| | " + " | ".join(shown.columns) + " |\n|---|" + "---|" * len(shown.columns) + "\n"
     body = "".join(f"| {idx} | " + " | ".join(row) + " |\n" for idx, row in zip(shown.index, shown.values))
-    return header + body + f"\n{same} params are equal in every run shown (not listed).\n"
+    return header + body + f"\n{same} param{' is' if same == 1 else 's are'} equal in every run shown (not listed).\n"

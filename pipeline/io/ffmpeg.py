@@ -47,15 +47,32 @@ def build() -> str:
 
 
 class FFmpegError(PipelineError):
-    pass
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason or message  # ffmpeg's own words, without the file name
+
+
+def ffmpeg_reason(stderr: str) -> str:
+    """ffmpeg's last error lines, without its '[demuxer @ 0x55...]' prefixes, the repeated file
+    name and repeated messages: 'Error opening input: Invalid data found when processing input'."""
+    seen, kept = set(), []
+    for line in stderr.strip().splitlines()[-4:]:
+        line = re.sub(r"^\[[^\]]*@ 0x[0-9a-f]+\]\s*", "", line.strip())
+        if not line or line.startswith("Error opening input file"):
+            continue
+        detail = line.split(": ", 1)[-1]
+        if detail not in seen:
+            seen.add(detail)
+            kept.append(line)
+    return "; ".join(kept) or "unknown error"
 
 
 def run_ffmpeg(args: list[str], *, input_bytes: bytes | None = None, what: str = "") -> subprocess.CompletedProcess:
     cmd = [ffmpeg_bin(), "-hide_banner", "-nostdin", "-y", *args]
     proc = subprocess.run(cmd, input=input_bytes, capture_output=True)
     if proc.returncode != 0:
-        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-3:]
-        raise FFmpegError(f"ffmpeg failed{' on ' + what if what else ''}: {' | '.join(tail)}")
+        reason = ffmpeg_reason(proc.stderr.decode(errors="replace"))
+        raise FFmpegError(f"ffmpeg failed{' on ' + what if what else ''}: {reason}", reason)
     return proc
 
 
