@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Infrastructure (cli, config, stages, paths, tracking, runtime, errors) is deliberately not a
+# Infrastructure (cli, config, stages, paths, tracking, runtime, errors, mp_solutions) is deliberately not a
 # code input: it does not change what a stage computes, and editing a help text must not re-run
 # hours of training. A stage's code inputs are the modules that compute its outputs.
 COMMON_CODE: tuple[str, ...] = ()

@@ -163,3 +163,20 @@ def test_empty_shard_is_written_and_gathered(tmp_path):
     assert list(clips.columns[:5]) == ["clip_id", "frame_offset", "n_frames", "mel_offset", "n_mel"]
     clips["shard"] = 0  # what gather does
     store_mod.verify_shard(tmp_path / "shard-0")
+
+
+def test_mediapipe_start_up_notices_are_dropped_and_other_native_output_kept(capfd):
+    """The face mesh's first frame prints native notices (hundreds of lines in a run); they are
+    dropped, while anything else written to file descriptor 2 in that window still comes out."""
+    from pipeline import mp_solutions
+
+    with mp_solutions.native_notices_dropped():
+        os.write(2, b"W0000 00:00:1.0  77 inference_feedback_manager.cc:114] Feedback manager requires...\n")
+        os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
+        os.write(2, b"E0000 a real native error\n")
+    with mp_solutions.face_mesh(static_image_mode=False, max_num_faces=1) as mesh:
+        for _ in range(2):
+            assert mesh.process(np.zeros((64, 64, 3), np.uint8)).multi_face_landmarks is None
+    err = capfd.readouterr().err
+    assert "a real native error" in err
+    assert "inference_feedback_manager" not in err and "XNNPACK" not in err

@@ -43,10 +43,10 @@ def examine_clip(path: str, detector, mesh, sample_rate: int = 16000) -> ClipQC:
 
 
 def mediapipe_models():
-    import mediapipe as mp
+    from ..mp_solutions import face_detection, face_mesh
 
-    detector = mp.solutions.face_detection.FaceDetection(model_selection=0, min_detection_confidence=0.5)
-    mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=2, refine_landmarks=False)
+    detector = face_detection(model_selection=0, min_detection_confidence=0.5)
+    mesh = face_mesh(static_image_mode=False, max_num_faces=2, refine_landmarks=False)
     return detector, mesh
 
 

@@ -116,9 +116,9 @@ def load_photo(name: str) -> np.ndarray:
 
 def face_mesh_landmarks(img: np.ndarray) -> np.ndarray:
     """468 face-mesh landmarks (x, y in pixels) of the single face in an RGB image."""
-    import mediapipe as mp
+    from ..mp_solutions import face_mesh
 
-    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False) as fm:
+    with face_mesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False) as fm:
         res = fm.process(img)
     if not res.multi_face_landmarks:
         raise RuntimeError("face mesh found no face in the source photo")
@@ -128,9 +128,9 @@ def face_mesh_landmarks(img: np.ndarray) -> np.ndarray:
 
 def background_mask(img: np.ndarray) -> np.ndarray:
     """Soft person mask in [0, 1] (mediapipe selfie segmentation, model inside the wheel)."""
-    import mediapipe as mp
+    from ..mp_solutions import selfie_segmentation
 
-    with mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0) as seg:
+    with selfie_segmentation(model_selection=0) as seg:
         res = seg.process(img)
     return np.clip(res.segmentation_mask.astype(np.float32), 0.0, 1.0)
 

@@ -23,9 +23,9 @@ def lip_indices() -> list[int]:
 
 class MouthLandmarks:
     def __init__(self, min_confidence: float = 0.3):
-        import mediapipe as mp
+        from ..mp_solutions import face_mesh
 
-        self._mesh_factory = lambda: mp.solutions.face_mesh.FaceMesh(
+        self._mesh_factory = lambda: face_mesh(
             static_image_mode=False, max_num_faces=1, refine_landmarks=False,
             min_detection_confidence=min_confidence, min_tracking_confidence=min_confidence)
         self.lips = np.array(lip_indices())

@@ -20,12 +20,11 @@ SAMPLES_PER_FRAME = 640  # 16 kHz at 25 fps
 
 def mouth_opening(frames: np.ndarray, min_confidence: float = 0.3) -> np.ndarray:
     """uint8 RGB frames [N, H, W, 3] -> opening per frame [N] (nan where no face was found)."""
-    import mediapipe as mp
+    from ..mp_solutions import face_mesh
 
     out = np.full(len(frames), np.nan, np.float32)
-    with mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1, refine_landmarks=False,
-                                         min_detection_confidence=min_confidence,
-                                         min_tracking_confidence=min_confidence) as mesh:
+    with face_mesh(static_image_mode=False, max_num_faces=1, refine_landmarks=False,
+                   min_detection_confidence=min_confidence, min_tracking_confidence=min_confidence) as mesh:
         for k, frame in enumerate(frames):
             res = mesh.process(np.ascontiguousarray(frame))
             if not res.multi_face_landmarks:

@@ -37,19 +37,19 @@ class FaceTracker:
     clips where it sees several take a mesh that follows up to `max_faces` (~3.8 ms)."""
 
     def __init__(self, max_faces: int = 2, min_confidence: float = 0.5, probe_every: int = 8):
-        import mediapipe as mp
+        from .. import mp_solutions
 
-        self._mp = mp
+        self._mp = mp_solutions
         self.max_faces = max_faces
         self.min_confidence = min_confidence
         self.probe_every = probe_every
         self._single = self._new_mesh(1)
         self._multi = None
-        self._detector = mp.solutions.face_detection.FaceDetection(
+        self._detector = mp_solutions.face_detection(
             model_selection=0, min_detection_confidence=min_confidence) if max_faces > 1 else None
 
     def _new_mesh(self, n: int):
-        return self._mp.solutions.face_mesh.FaceMesh(
+        return self._mp.face_mesh(
             static_image_mode=False, max_num_faces=n, refine_landmarks=False,
             min_detection_confidence=self.min_confidence, min_tracking_confidence=self.min_confidence)
 
