@@ -39,19 +39,29 @@ def _plt():
     return plt
 
 
+def _table(df: pd.DataFrame, **kw) -> str:
+    """An HTML table whose first column is the index (the system), in one header row."""
+    return df.reset_index().to_html(index=False, float_format=lambda v: f"{v:.3f}", classes="tbl", **kw)
+
+
 def curves_png(csv_path: Path, columns: list[list[str]], title: str, out: Path) -> bool:
     if not csv_path.is_file():
         return False
     df = pd.read_csv(csv_path)
     plt = _plt()
-    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.2))
-    for ax, cols in zip(np.atleast_1d(axes), columns):
-        for c in cols:
+    ncols = min(2, len(columns))  # at most two panels a row: the page shows the figure at its own size
+    nrows = -(-len(columns) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 3.4 * nrows), squeeze=False)
+    for ax in axes.flat[len(columns):]:
+        ax.set_visible(False)
+    for ax, cols in zip(axes.flat, columns):
+        for k, c in enumerate(cols):
             if c in df and df[c].notna().any():
                 s = df[["step", c]].dropna()
-                ax.plot(s.step, s[c], label=c, marker="o" if len(s) < 30 else None, ms=3)
+                ax.plot(s.step, s[c], label=c, marker="o" if len(s) < 30 else None, ms=3,
+                        linestyle=("-", "--", ":", "-.")[k % 4])  # curves that coincide stay visible
         ax.set_xlabel("step")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=9)
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
@@ -96,7 +106,7 @@ def anchors_html(lse_network: str, dataset: str) -> str:
         parts.append(f"<h3>{html.escape(e['paper'])}: {html.escape(str(e.get('dataset')))} "
                      f"<span class='nc'>not comparable</span></h3><p class='why'>{html.escape('; '.join(reasons))}. "
                      f"Source: <a href='{html.escape(e.get('source', ''))}'>{html.escape(str(e.get('table', '')))}</a></p>"
-                     + rows.to_html(float_format=lambda v: f"{v:.3f}", na_rep="–", classes="tbl"))
+                     + _table(rows, na_rep="–"))
     return "\n".join(parts)
 
 
@@ -121,10 +131,11 @@ def run(view: dict) -> dict:
                      "LMD on mediapipe face-mesh lip points (40 points, crop pixels); PSNR/SSIM on aligned crops, "
                      "whole and mouth region. Lower is better for LMD and LSE-D, higher for the rest. "
                      f"{int(table.clips.iloc[0])} test clips.</p>"
-                     + shown.to_html(float_format=lambda v: f"{v:.3f}", classes="tbl")
+                     + _table(shown)
                      + "<p class='why'>PSNR is capped at 100 dB for identical frames (the ground-truth row).</p>"
                      + "<h3>Published figures</h3><p class='why'>Only figures read verbatim from a source are on file "
-                     "(<code>pipeline/evaluate/anchors.yaml</code>); SyncTalkFace's own table is not yet among them.</p>"
+                     "(<code>pipeline/evaluate/anchors.yaml</code>). SyncTalkFace's own table is not: no source we could read "
+                     "gives its numbers as text, and the file says how to add them from the paper.</p>"
                      + anchors_html(network, ds)))
 
     cross_path = eval_dir / "eval_table_cross_audio.csv"
@@ -137,7 +148,7 @@ def run(view: dict) -> dict:
             "foreign audio, i.e. what no lip-sync scores, and <i>composite</i> the reference-mouth copy. This is the "
             "protocol of Wav2Lip's LRS2 test pairs and the harder test of lip-sync: reconstruction lets a "
             f"model copy the mouth it sees. LSE by <b>{html.escape(str(cross.lse_network.iloc[0]))}</b>.</p>"
-            + shown_cross.to_html(float_format=lambda v: f"{v:.3f}", classes="tbl"))))
+            + _table(shown_cross))))
 
     imgs = []
     if curves_png(paths.plot("train_sync_expert"), [["train_loss", "val_loss"],
