@@ -1,6 +1,10 @@
 import sys
 
-from .envcheck import check
+from .runtime import pin_threads
+
+pin_threads()  # before numpy or torch loads: a stage's threads never depend on what its parent exported
+
+from .envcheck import check  # noqa: E402
 
 check()  # before the CLI imports anything: a wrong interpreter gets one clear message
 

@@ -102,7 +102,7 @@ def infer(face: Path, speech: Path, checkpoint: Path, out: Path, batch: int = 32
     from .evaluate import generate as gen
     from .preprocess import crops
     from .preprocess.faces import FaceTracker, NoFace
-    from .runtime import available_cores
+    from .runtime import threads
 
     started = time.time()
     if out.suffix.lower() != ".mp4":
@@ -112,7 +112,7 @@ def infer(face: Path, speech: Path, checkpoint: Path, out: Path, batch: int = 32
     wav = read_speech(speech)
     n = math.ceil(len(wav) / SAMPLES_PER_FRAME)
     frames, is_image = read_face(face, n)
-    torch.set_num_threads(available_cores())
+    torch.set_num_threads(threads())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = gen.load_generator(checkpoint, device)
     size = model.img_size

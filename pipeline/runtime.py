@@ -1,6 +1,7 @@
 """What a stage needs from its surroundings: cores, logging, fingerprints, atomic writes."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -29,6 +30,56 @@ def available_cores() -> int:
     except (OSError, ValueError):
         pass
     return max(1, n)
+
+
+# every numeric library's thread-count variable: OpenMP (torch's intra-op pool, oneDNN), MKL,
+# OpenBLAS/GotoBLAS and BLIS (numpy), Accelerate, numexpr
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
+               "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+THREADS_VAR = "PIPELINE_THREADS"  # the count this process pinned (read by threads())
+
+
+def pin_threads(n: int | None = None) -> int:
+    """Give every numeric library `n` threads (default: the cores this job may use) and return n.
+
+    A stage's numbers depend on its thread count (a convolution's gradient is summed in another
+    order by 1 and by 2 threads), and what an orchestrator exports differs: Snakemake sets
+    OMP_NUM_THREADS and MKL_NUM_THREADS to the rule's threads, DVC sets nothing, and then torch
+    and MKL count physical cores (1 on a 2-CPU machine with hyper-threading). `python -m pipeline`
+    calls this before numpy or torch is imported, so every stage starts from the same settings
+    whatever its parent exported. Later calls (a resumed training that must keep the count it
+    started with) also set torch's count; processes started after that inherit the variables."""
+    n = int(n) if n else available_cores()
+    if n < 1:
+        raise ValueError(f"thread count must be at least 1, got {n}")
+    for var in (*THREAD_VARS, THREADS_VAR):
+        os.environ[var] = str(n)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
+    return n
+
+
+@contextlib.contextmanager
+def thread_env(n: int):
+    """Every thread variable at `n` while processes are started in this block (they inherit the
+    environment; their libraries then start with n threads); this process's own are restored."""
+    saved = {var: os.environ.get(var) for var in (*THREAD_VARS, THREADS_VAR)}
+    os.environ.update({var: str(n) for var in saved})
+    try:
+        yield
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+
+
+def threads() -> int:
+    """The thread count pinned for this process (pin_threads), else the cores it may use."""
+    value = os.environ.get(THREADS_VAR, "")
+    return int(value) if value.isdigit() and int(value) > 0 else available_cores()
 
 
 def launcher_env() -> tuple[int, int, int] | None:

@@ -8,12 +8,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pytest
-import yaml
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from pipeline.runtime import pin_threads  # noqa: E402
+
+pin_threads()  # before numpy and torch load, as every `python -m pipeline` does: stages run in-process compute alike
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import yaml  # noqa: E402
 
 from pipeline.io import ffmpeg  # noqa: E402
 

@@ -12,7 +12,7 @@ import pandas as pd
 
 from ..errors import PipelineError
 
-TAGS = ["stage", "variant", "dataset", "device", "precision", "git_commit", "git_dirty"]
+TAGS = ["stage", "variant", "dataset", "device", "precision", "threads", "git_commit", "git_dirty"]
 
 
 def runs_table(experiment: str | None, stage: str | None, last: int) -> tuple[pd.DataFrame, int]:

@@ -34,7 +34,7 @@ from .. import paths, tracking
 from ..errors import PipelineError
 from ..io import ffmpeg
 from ..io.store import Store
-from ..runtime import available_cores, write_json_atomic
+from ..runtime import thread_env, threads, write_json_atomic
 from ..runtime import workers as runtime_workers
 from ..train.gen_report import composite
 from . import generate as gen
@@ -141,7 +141,7 @@ def run(view: dict, tracker=None) -> dict:
     root = paths.processed_dir(ds)
     if not (root / "index.parquet").is_file():
         raise PipelineError(f"{root / 'index.parquet'} not found: run preprocessing first")
-    torch.set_num_threads(available_cores())
+    torch.set_num_threads(threads())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     store = Store(root)
     clips, excluded = test_clips(view, store)
@@ -240,7 +240,8 @@ def score_all(dataset: str, store: Store, clips: pd.DataFrame, pairs: list[tuple
             ctx = mp.get_context("forkserver")
             ctx.set_forkserver_preload([__name__])
             pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init, initargs=(payload, 1))
-            results = pool.map(_score, tasks)  # in task order
+            with thread_env(1):  # the fork server and its workers start with one thread in every library
+                results = pool.map(_score, tasks)  # in task order
         try:
             for (protocol, _), got in tqdm(zip(tasks, results), total=len(tasks), desc="evaluate", unit="clip",
                                            disable=None):

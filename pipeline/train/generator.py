@@ -219,7 +219,7 @@ def train_worker(rank: int, world: int, view: dict, variant: str, work: str, tra
     log.info("%s: rank %d of %d DDP process(es) on %s, %s autocast", variant, rt.rank, rt.world_size, rt.device,
              rt.precision)
     if rt.is_main and tracker is not None:
-        tracker.set_tags({"precision": rt.precision})
+        tracker.set_tags({"precision": rt.precision, "threads": str(rt.threads)})
     work = Path(work)
     ckpt_path = work / "checkpoint.pt"
     train, val, _ = datasets(view)
@@ -235,6 +235,7 @@ def train_worker(rank: int, world: int, view: dict, variant: str, work: str, tra
         loop.set_rng_state(state["rng"])
         if rt.is_main:
             log.info("resuming %s from %s at step %d", variant, ckpt_path, step)
+            loop.check_resume(rt, state.get("numerics"), f"train_generator ({variant})")
     per_rank = max(1, cfg["batch_size"] // rt.world_size)
     n_val = min(cfg["val_samples"], len(val))
     val_batch = collate([val[int(i)] for i in np.random.default_rng(val.seed).permutation(len(val))[:n_val]])
@@ -243,7 +244,7 @@ def train_worker(rank: int, world: int, view: dict, variant: str, work: str, tra
     def checkpoint():
         if rt.is_main:
             loop.save_checkpoint(ckpt_path, {**ts.state_dict(), "step": step, "history": history,
-                                             "rng": loop.rng_state()})
+                                             "rng": loop.rng_state(), "numerics": loop.numerics(rt)})
 
     def non_finite(parts):
         raise PipelineError(f"train_generator ({variant}): the loss is not finite at step {step} ({_terms(parts)}); "
@@ -326,7 +327,8 @@ def run(view: dict, tracker=None, variant: str = "memory") -> dict:
     if tracker is not None:
         tracker.set_tags({"variant": variant, "expert_run": _expert_run(expert_path), "sync_check_excluded": excluded})
     started = time.time()
-    loop.run_workers(train_worker, max(1, cfg["gpus"]), view, variant, str(work), tracker)
+    loop.run_workers(train_worker, max(1, cfg["gpus"]), view, variant, str(work), tracker,
+                     threads=loop.resume_threads(work / "checkpoint.pt"))
     if launcher_rank() != 0:  # torchrun/srun started every rank: rank 0 alone writes the outputs
         return {"rank": launcher_rank()}
     state = loop.load_checkpoint(work / "checkpoint.pt")

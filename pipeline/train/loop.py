@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import re
@@ -27,6 +28,8 @@ import torch.distributed as dist
 
 from ..runtime import launcher_env  # noqa: F401  (used here and by callers of loop)
 
+log = logging.getLogger("pipeline")
+
 
 @dataclass
 class Runtime:
@@ -36,6 +39,7 @@ class Runtime:
     local_rank: int = 0
     amp_dtype: torch.dtype | None = None
     scaler: object | None = None
+    threads: int = 1  # this process's torch threads (a checkpoint records them: numerics())
 
     @property
     def is_main(self) -> bool:
@@ -108,18 +112,66 @@ def cpu_native_bf16(cpuinfo: str | None = None) -> bool:
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+RANK_THREADS_VAR = "PIPELINE_RANK_THREADS"  # each training process's threads, set by run_workers
+
+
 def worker_setup(amp: bool, rank: int, world: int) -> Runtime:
     """A training worker's runtime: rank `rank` of `world` when the stage spawned its workers
-    (else the launcher's, or a single process), and its share of this job's cores."""
-    from ..runtime import available_cores
+    (else the launcher's, or a single process), and the threads run_workers chose for it."""
+    from ..runtime import threads
 
     if launcher_env() is not None:  # torchrun / srun: rank, world size and local rank from them
         rt = setup(amp=amp)
     else:
         rt = setup(amp=amp, rank=rank if world > 1 else None, world_size=world if world > 1 else None,
                    local_rank=rank)
-    torch.set_num_threads(max(1, available_cores() // rt.world_size))
+    value = os.environ.get(RANK_THREADS_VAR, "")
+    rt.threads = int(value) if value.isdigit() and int(value) > 0 else max(1, threads() // rt.world_size)
+    torch.set_num_threads(rt.threads)
     return rt
+
+
+def numerics(rt: Runtime) -> dict:
+    """What decides a training's floating-point sums besides its inputs: threads per process,
+    processes, precision and device. A checkpoint records it; a resume keeps it (run_workers) or
+    says that it cannot (check_resume)."""
+    return {"threads": rt.threads, "world_size": rt.world_size, "precision": rt.precision, "device": rt.device_name}
+
+
+def saved_numerics(ckpt_path: str | Path) -> dict | None:
+    """The numerics() a checkpoint was written with (None: no checkpoint, or one from before they
+    were recorded)."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        return None
+    return load_checkpoint(path).get("numerics")
+
+
+def resume_threads(ckpt_path: Path) -> int | None:
+    """The threads per process of the run a checkpoint continues (None: a new run), for
+    run_workers. A one-process run's stage (its final check) then also computes with the count
+    its training had."""
+    saved = saved_numerics(ckpt_path)
+    if not saved:
+        return None
+    if saved.get("world_size", 1) == 1 and saved["threads"] != torch.get_num_threads():
+        log.info("continuing with %d thread(s) per process, as the checkpoint's run (this process has %d)",
+                 saved["threads"], torch.get_num_threads())
+        torch.set_num_threads(saved["threads"])
+    return saved["threads"]
+
+
+def check_resume(rt: Runtime, saved: dict | None, what: str) -> None:
+    """Log, as a warning, every way this resumed process computes differently from the one that
+    wrote the checkpoint: then the run continues, but not into the bytes of an uninterrupted run."""
+    if not saved:
+        return
+    now = numerics(rt)
+    differs = [f"{k} {saved[k]} -> {now[k]}" for k in ("precision", "world_size", "threads", "device")
+               if k in saved and saved[k] != now[k]]
+    if differs:
+        log.warning("%s: resumed with other numerics than the checkpoint's (%s): the result will not be "
+                    "byte-identical to an uninterrupted run", what, "; ".join(differs))
 
 
 def teardown(rt: Runtime) -> None:
@@ -173,19 +225,32 @@ def any_rank(rt: Runtime, flag: bool) -> bool:
     return bool(t.item() > 0)
 
 
-def run_workers(fn, processes: int, *args) -> None:
+def run_workers(fn, processes: int, *args, threads: int | None = None) -> None:
     """Run fn(rank, world_size, *args) in `processes` DDP workers, unless a launcher (torchrun,
-    srun) already started this process as one of them."""
+    srun) already started this process as one of them.
+
+    Each worker gets `threads` torch threads (a resumed run: the count its checkpoint recorded),
+    else its share of the threads this process was pinned to. Workers this function starts begin
+    with every library's thread variables at that count (runtime.pin_threads); so does a single
+    worker whose count differs from this process's: it runs in a fresh process rather than here."""
+    from ..runtime import thread_env
+    from ..runtime import threads as pinned
+
     env = launcher_env()
-    if env is not None or processes <= 1:
+    world = env[1] if env is not None else max(1, processes)
+    per_rank = int(threads) if threads else max(1, pinned() // world)
+    os.environ[RANK_THREADS_VAR] = str(per_rank)
+    if env is not None or (processes <= 1 and per_rank == pinned()):
         rank, world, local = env or (0, 1, 0)
         fn(rank, world, *args)
         return
+    processes = max(1, processes)
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(free_port())
     import torch.multiprocessing as tmp
 
-    ctx = tmp.spawn(_spawned, args=(processes, fn, args), nprocs=processes, join=False)
+    with thread_env(per_rank):  # what the workers' libraries start with
+        ctx = tmp.spawn(_spawned, args=(processes, fn, args), nprocs=processes, join=False)
     received: list[int] = []
 
     def forward(signum, frame):  # preemption: every worker checkpoints and stops at the same step

@@ -22,7 +22,7 @@ from .. import paths
 from ..errors import PipelineError
 from ..io import align
 from ..io.store import Store
-from ..runtime import available_cores, write_json_atomic, write_parquet_atomic
+from ..runtime import threads, write_json_atomic, write_parquet_atomic
 from .expert_io import load_expert
 
 log = logging.getLogger("pipeline.sync_check")
@@ -75,7 +75,7 @@ def run(view: dict, tracker=None) -> dict:
     store_root = paths.processed_dir(ds)
     if not (store_root / "index.parquet").is_file():
         raise PipelineError(f"{store_root / 'index.parquet'} not found: run preprocessing first")
-    torch.set_num_threads(available_cores())
+    torch.set_num_threads(threads())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_expert(expert_path, device)
     store = Store(store_root)

@@ -154,11 +154,12 @@ def train_worker(rank: int, world: int, view: dict, work: str, tracker) -> None:
             rt.scaler.load_state_dict(state["scaler"])
         if rank == 0:
             log.info("resuming from %s at step %d", ckpt_path, step)
+            loop.check_resume(rt, state.get("numerics"), "train_sync_expert")
     net = torch.nn.parallel.DistributedDataParallel(model) if rt.distributed else model
     if rt.is_main:
         log.info("sync expert: %d DDP process(es) on %s, %s autocast", rt.world_size, rt.device, rt.precision)
         if tracker is not None:
-            tracker.set_tags({"precision": rt.precision})
+            tracker.set_tags({"precision": rt.precision, "threads": str(rt.threads)})
     per_rank = max(2, cfg["batch_size"] // rt.world_size)
     stop = loop.StopRequest()
 
@@ -166,7 +167,7 @@ def train_worker(rank: int, world: int, view: dict, work: str, tracker) -> None:
         if rt.is_main:
             loop.save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimiser": opt.state_dict(), "step": step,
                                              "history": history, "best": best, "rng": loop.rng_state(),
-                                             "config": model.config(),
+                                             "config": model.config(), "numerics": loop.numerics(rt),
                                              "scaler": rt.scaler.state_dict() if rt.scaler is not None else None})
 
     started = time.time()
@@ -248,7 +249,8 @@ def run(view: dict, tracker=None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     (work / "done.json").unlink(missing_ok=True)
     started = time.time()
-    loop.run_workers(train_worker, cfg["processes"], view, str(work), tracker)
+    loop.run_workers(train_worker, cfg["processes"], view, str(work), tracker,
+                     threads=loop.resume_threads(work / "checkpoint.pt"))
     if launcher_rank() != 0:  # torchrun/srun started every rank: rank 0 alone writes the outputs
         return {"rank": launcher_rank()}
     done = json.loads((work / "done.json").read_text())
