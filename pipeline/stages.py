@@ -145,6 +145,8 @@ STAGES: dict[str, StageSpec] = {
                 "pipeline/evaluate/landmarks.py",
                 "pipeline/evaluate/lse.py",
                 "pipeline/evaluate/generate.py",
+                "pipeline/evaluate/memory_analysis.py",
+                "pipeline/data/face_anim.py",
                 "pipeline/models/syncnet_v2.py",
                 "pipeline/models/generator.py",
                 "pipeline/models/memory.py",
@@ -159,7 +161,7 @@ STAGES: dict[str, StageSpec] = {
                 "pipeline/geometry.py",
                 "pipeline/io/audio.py",
             ),
-            summary="PSNR, SSIM, LMD, LSE-D, LSE-C of every variant, the ground truth and the composite baseline",
+            summary="PSNR, SSIM, LMD, LSE-D, LSE-C of every variant, the ground truth and the composite baseline; the memory analysis (metrics/memory.json)",
         ),
         StageSpec(
             name="demo",

@@ -114,7 +114,7 @@ def test_dataset_presets_bring_the_papers_recipe(tmp_path, name):
     merged = yaml.safe_load(path.read_text())
     gen, expert = merged["generator"], merged["sync_expert"]
     assert merged["data"]["dataset"] == name and merged["preprocess"]["img_size"] == 128
-    assert gen["weights"] == {"l1": 10.0, "store": 0.2, "align": 0.2, "av_sync": 0.2, "vv_sync": 0.2, "gan": 0.2}
+    assert gen["weights"] == {"l1": 10.0, "store": 0.2, "align": 0.2, "recall": 0.0, "av_sync": 0.2, "vv_sync": 0.2, "gan": 0.2}
     assert (gen["lr_g"], gen["lr_d"], gen["betas"], gen["batch_size"]) == (1e-4, 5e-4, [0.5, 0.999], 40)
     assert gen["width"] == expert["width"] == 1.0 and gen["output"] == "direct"
     assert expert["audio_width"] is None  # Wav2Lip's expert: the audio encoder as wide as the face's

@@ -179,7 +179,7 @@ def test_report_page_has_every_section(evaluated):
                  "cross-audio: "):
         assert text in page, text
     for png in ("curves_sync_expert.png", "curves_generator_memory.png", "curves_generator_no_memory.png",
-                "samples_0.png", "offsets_hist.png", "memory_word.png"):
+                "samples_0.png", "offsets_hist.png", "memory_word.png", "memory_phone.png"):
         assert (proj / "reports/html" / png).stat().st_size > 5000, png
         assert f"src='{png}'" in page
     assert "demo.mp4" in page and (proj / "reports/html/demo.mp4").is_file()
@@ -191,7 +191,33 @@ def test_report_page_has_every_section(evaluated):
         assert -1 <= demo[key] <= 1, key
     assert demo["mouth_frames"] == demo["frames"] and "Does the mouth follow the driving speech" in page
     summary = json.loads((proj / "metrics/report.json").read_text())
-    assert 0 < summary["memory_usage_entropy"] <= np.log(params["generator"]["slots"]) + 1e-6
+    assert 0 <= summary["memory_audio_address_info_nats"] <= np.log(params["generator"]["slots"]) + 1e-6
+    assert "The causal test" in page and "shuffled across frames" in page and "I(phoneme; strongest slot)" in page
+
+
+def test_evaluate_writes_the_memory_analysis(evaluated):
+    proj, params = evaluated
+    m = json.loads((proj / "metrics/memory.json").read_text())
+    slots = params["generator"]["slots"]
+    assert m["slots"] == slots
+    assert m["val_clips"] == params["data"]["embedded"]["val_clips"] and m["test_clips"] == params["data"]["embedded"]["test_clips"]
+    for split in ("val", "test"):
+        for key in ("mouth_l1", "mouth_l1_readout_shuffled", "mouth_l1_readout_zeroed"):
+            assert 0 < m[f"{split}_{key}"] < 1, key
+        for key in ("within1", "within1_readout_shuffled", "within1_readout_zeroed"):
+            assert 0 <= m[f"{split}_{key}"] <= 1, key
+        prefix = "" if split == "val" else "test_"
+        assert 0 <= m[f"{prefix}audio_address_info_nats"] <= np.log(slots) + 1e-9
+        assert 0 <= m[f"{prefix}phoneme_info_nats"] <= m[f"{prefix}phoneme_info_nats_plugin"]
+        assert 1 <= m[f"{prefix}slots_used"] <= slots and m[f"{prefix}phoneme_frames"] > 0
+        assert m[f"{prefix}store_mse"] >= 0 and m[f"{prefix}store_mse_mean_predictor"] > 0
+    # the evaluate run in MLflow carries them
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=500)
+    assert any("memory.val_mouth_l1_readout_shuffled" in r.data.metrics for r in runs
+               if r.data.tags.get("stage") == "evaluate")
 
 
 def test_compare_prints_runs_side_by_side(evaluated):

@@ -5,7 +5,7 @@ published figures beside it, each marked whether it is comparable (it is not whe
 that scores LSE, the landmarks of LMD or the data differ); the training curves of the sync expert
 and of each generator variant; sample frames (ground truth | composite | variants); the
 sync-check offset histogram; and the memory analysis (mean memory address per phoneme and per
-word, slot usage entropy).
+word, the causal test of the readout, address information and store fidelity, computed by evaluate).
 """
 from __future__ import annotations
 
@@ -22,9 +22,7 @@ import yaml
 from .. import paths
 from ..errors import PipelineError
 from ..io import ffmpeg
-from ..io.store import Store
 from ..runtime import write_json_atomic
-from . import memory_analysis
 
 ANCHORS = Path(__file__).with_name("anchors.yaml")
 SHOWN = ["psnr", "ssim", "psnr_mouth", "ssim_mouth", "lmd", "lse_d", "lse_c", "offset_abs"]
@@ -215,32 +213,54 @@ def run(view: dict) -> dict:
 
 
 def _memory_section(view: dict, tmp: Path, sections: list) -> dict:
-    from .generate import load_generator
-    from .run import test_clips
-
-    ds = view["data"]["dataset"]
-    model = load_generator(paths.model_dir("generator") / "memory" / "generator.pt")
-    store = Store(paths.processed_dir(ds))
-    clips, _ = test_clips({**view, "evaluate": {"max_clips": None}}, store)
-    raw = paths.raw_dir(ds)
-
-    def video_path_of(row):
-        p = Path(row.video_path)
-        return p if p.is_absolute() or p.exists() else raw / p
-
-    res = memory_analysis.analyse(model, clips, store, video_path_of)
-    body = (f"<p>Slot usage entropy {res['usage_entropy']:.2f} nats of a possible {res['max_entropy']:.2f} "
-            f"({res['slots']} slots; {res['slots_used']} are some frame's strongest slot); mean per-frame address "
-            f"entropy {res['frame_entropy']:.2f} (low: each frame reads few slots). Over {res['frames']} test frames.</p>")
-    for key, labels, title in (("phone", res["phones"], "phoneme"), ("word", res["words"], "word")):
-        if labels:
-            memory_analysis.heatmap(labels, res[f"{key}_map"], f"mean audio address per {title}", tmp / f"memory_{key}.png")
-            body += f"<img src='memory_{key}.png'>"
+    """The evaluate stage's memory analysis (metrics/memory.json, reports/eval/memory/): the
+    causal test, the address and store measures and the heatmaps."""
+    path = paths.metrics("memory")
+    m = json.loads(path.read_text()) if path.is_file() else {}
+    if "slots" not in m:
+        sections.append(("Audio-Lip Memory", f"<p>No memory analysis in {path}: run evaluate.</p>"))
+        return {}
+    rows = ""
+    for split in ("val", "test"):
+        if f"{split}_mouth_l1" not in m:
+            continue
+        for mode, label in (("", "as is"), ("_readout_shuffled", "shuffled across frames"), ("_readout_zeroed", "zeroed")):
+            rows += (f"<tr><td style='text-align:left'>{split} ({m[f'{split}_clips']} clips)</td>"
+                     f"<td style='text-align:left'>{label}</td><td>{m[f'{split}_mouth_l1{mode}']:.4f}</td>"
+                     f"<td>{m[f'{split}_within1{mode}']:.2f}</td><td>{m[f'{split}_abs_offset{mode}']:.2f}</td>"
+                     f"<td>{m[f'{split}_confidence{mode}']:.3f}</td></tr>")
+    body = ("<p>The causal test: the memory generator's clips made with the audio-addressed memory readout as "
+            "is, shuffled across the frames of a clip, and zeroed. A decoder that draws the mouth from the memory "
+            "gets worse when its readout is taken away; one that ignores it does not change.</p>"
+            "<table class='tbl'><tr><th>split</th><th>readout</th><th>mouth L1</th><th>within &plusmn;1</th>"
+            f"<th>|offset|</th><th>confidence</th></tr>{rows}</table>")
+    measures = [("I(address; frame), nats", "audio_address_info_nats", ".3f"),
+                ("I(lip address; frame), nats", "lip_address_info_nats", ".3f"),
+                ("slots that are a frame's strongest", "slots_used", "d"),
+                ("effective slots per frame", "effective_slots", ".1f"),
+                ("mean pairwise cosine of the audio queries", "query_cosine", ".3f"),
+                ("I(phoneme; strongest slot), nats (bias-corrected)", "phoneme_info_nats", ".3f"),
+                ("store MSE", "store_mse", ".4f"), ("MSE of the mean lip feature", "store_mse_mean_predictor", ".4f"),
+                ("KL(lip || audio address), own frames", "align_kl", ".3f"),
+                ("KL(lip || audio address), shuffled frames", "align_kl_shuffled", ".3f")]
+    body += (f"<p>Addresses over the frames of the val and test clips ({m['slots']} slots; ln {m['slots']} = "
+             f"{np.log(m['slots']):.2f} nats is the most a frame's address can say):</p><table class='tbl'>"
+             "<tr><th>measure</th><th>val</th><th>test</th></tr>")
+    for label, key, fmt in measures:
+        cells = "".join(f"<td>{format(m[k], fmt)}</td>" if isinstance(m.get(k), (int, float)) else "<td>-</td>"
+                        for k in (key, f"test_{key}"))
+        body += f"<tr><td style='text-align:left'>{label}</td>{cells}</tr>"
+    body += "</table>"
+    for key, title in (("phone", "phoneme"), ("word", "word")):
+        png = paths.eval_dir() / "memory" / f"memory_{key}.png"
+        if png.is_file():
+            shutil.copy2(png, tmp / png.name)
+            body += f"<img src='{png.name}' alt='mean audio address per {title}'>"
         else:
             body += f"<p>No {title} timing for this dataset.</p>"
     sections.append(("Audio-Lip Memory", body))
-    return {"memory_usage_entropy": res["usage_entropy"], "memory_slots_used": res["slots_used"],
-            "memory_frame_entropy": res["frame_entropy"]}
+    return {"memory_slots_used": m["slots_used"], "memory_audio_address_info_nats": m["audio_address_info_nats"],
+            "memory_val_mouth_l1_shuffled_rise": m.get("val_mouth_l1_shuffled_rise")}
 
 
 def _page(ds: str, sections: list) -> str:

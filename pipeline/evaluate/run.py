@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -180,9 +181,18 @@ def run(view: dict, tracker=None) -> dict:
     (tmp_out / "systems.txt").write_text(
         f"systems in column order of the sample videos: {' | '.join(systems)}\n"
         f"LSE network: {scorer.network}\nLMD landmarks: mediapipe face mesh, 40 lip points, crop pixels\n")
+    memory = None
+    if systems.get("memory") is not None:
+        try:
+            memory = analyse_memory(view, store, systems["memory"], tmp_out / "memory")
+        except BaseException:
+            shutil.rmtree(tmp_out, ignore_errors=True)
+            raise
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp_out, out_dir)
+    write_json_atomic(paths.metrics("memory"), memory if memory is not None else
+                      {"skipped": "generator.variants has no memory variant"})
     metrics = {"clips": len(clips), "flagged_by_sync_check": excluded, "lse_network": scorer.network}
     for system, r in table.iterrows():
         for m in METRICS + ["offset_abs"]:  # null where undefined (LMD: no face found in the output)
@@ -198,10 +208,49 @@ def run(view: dict, tracker=None) -> dict:
         tracker.log_artifact(out_dir / "eval_table.csv", "eval")
         for f in sorted((out_dir / "samples").glob("*.mp4")):
             tracker.log_artifact(f, "eval/samples")
+        if memory is not None:
+            tracker.log_metrics({f"memory.{k}": v for k, v in memory.items()
+                                 if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            for f in sorted((out_dir / "memory").glob("*.png")):
+                tracker.log_artifact(f, "eval/memory")
     log.info("evaluation table (%s for LSE):\n%s", scorer.network, table.to_string(float_format=lambda v: f"{v:.3f}"))
     if cross_table is not None:
         log.info("cross_audio (%d pairs):\n%s", len(pairs), cross_table.to_string(float_format=lambda v: f"{v:.3f}"))
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def split_clips(view: dict, store: Store, split: str) -> pd.DataFrame:
+    """Every processed clip of `split` with the manifest's video paths."""
+    ds = view["data"]["dataset"]
+    clips = store.index[store.index.split == split]
+    manifest = pd.read_parquet(paths.manifest(ds))[["clip_id", "video_path"]]
+    return clips.merge(manifest, on="clip_id", how="left").reset_index(drop=True)
+
+
+def analyse_memory(view: dict, store: Store, checkpoint: Path, out_dir: Path) -> dict:
+    """The memory generator's causal test and address analysis on the val and test clips
+    (evaluate/memory_analysis.py): metrics/memory.json and the heatmaps in reports/eval/memory/."""
+    from ..train.expert_io import load_expert
+    from . import memory_analysis
+
+    raw = paths.raw_dir(view["data"]["dataset"])
+
+    def video_path_of(row):
+        p = Path(row.video_path)
+        return p if p.is_absolute() or p.exists() else raw / p
+
+    splits = {s: split_clips(view, store, s) for s in ("val", "test")}
+    splits = {s: c for s, c in splits.items() if not c.empty}
+    if view["evaluate"]["max_clips"]:
+        splits = {s: c.head(view["evaluate"]["max_clips"]) for s, c in splits.items()}
+    model = gen.load_generator(checkpoint)
+    expert = load_expert(paths.model_dir("sync_expert") / "expert.pt")
+    started = time.time()
+    metrics = memory_analysis.memory_report(model, expert, store, splits, video_path_of, out_dir)
+    log.info("memory analysis (%s) in %.1f s: %s", ", ".join(f"{s} {len(c)} clips" for s, c in splits.items()),
+             time.time() - started, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
+                                              if isinstance(v, float) and not k.startswith("test_")))
+    return metrics
 
 
 _CTX: dict = {}  # what every clip's scoring needs, in this process or in each worker process

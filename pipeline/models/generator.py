@@ -155,10 +155,27 @@ def blur_mouth(frames: torch.Tensor, box=MOUTH_BOX) -> torch.Tensor:
     return frames * (1 - w) + coarse * w
 
 
+def intervene(readout: torch.Tensor, mode: str) -> torch.Tensor:
+    """The audio-addressed readout [N, D] as is, zeroed, or shuffled across its N rows by a fixed
+    permutation without fixed points (a seeded random order, each row taking the next one's)."""
+    if mode == "as_is":
+        return readout
+    if mode == "zeroed":
+        return torch.zeros_like(readout)
+    if mode != "shuffled":
+        raise ValueError(f"readout_mode must be as_is, shuffled or zeroed, got {mode!r}")
+    n = len(readout)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(n))
+    perm = torch.empty_like(order)
+    perm[order] = torch.roll(order, -1)
+    return readout[perm.to(readout.device)]
+
+
 class Generator(nn.Module):
     def __init__(self, img_size: int = 96, width: float = 1.0, use_memory: bool = True, slots: int = 96,
                  dropout: float = 0.5, address_scale: float = 16.0, output: str = "direct",
-                 base_mouth: str = "reference", blur_box=MOUTH_BOX):
+                 base_mouth: str = "reference", blur_box=MOUTH_BOX, query_norm: str = "none",
+                 audio_drop: float = 0.0):
         super().__init__()
         if output not in ("direct", "residual"):
             raise ValueError(f"output must be direct or residual, got {output!r}")
@@ -168,7 +185,10 @@ class Generator(nn.Module):
         self.identity = IdentityEncoder(img_size, width)
         self.audio = _stack(AUDIO, width, 1)
         self.lip = LipEncoder(img_size, width, dim) if use_memory else None
-        self.memory = AudioLipMemory(dim, slots, address_scale) if use_memory else None
+        self.memory = AudioLipMemory(dim, slots, address_scale, query_norm=query_norm) if use_memory else None
+        if not 0.0 <= audio_drop < 1.0:
+            raise ValueError(f"audio_drop must be in [0, 1), got {audio_drop}")
+        self.audio_drop = float(audio_drop) if use_memory else 0.0
         self.fusion = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * dim, dim), nn.ReLU())
         self.decoder = Decoder(img_size, width, self.identity.channels, dim, residual=output == "residual")
         self.img_size, self.width, self.use_memory, self.dim = img_size, width, use_memory, dim
@@ -177,7 +197,10 @@ class Generator(nn.Module):
             raise ValueError(f"blur_box must be (top, bottom, left, right) fractions in [0, 1], got {blur_box}")
         self._config = {"img_size": img_size, "width": width, "use_memory": use_memory, "slots": slots,
                         "dropout": dropout, "address_scale": address_scale, "output": output,
-                        "base_mouth": base_mouth, "blur_box": list(self.blur_box)}
+                        "base_mouth": base_mouth, "blur_box": list(self.blur_box), "query_norm": query_norm,
+                        "audio_drop": self.audio_drop}
+        # the causal test of the memory (evaluate/memory_analysis.py): as_is, shuffled, zeroed
+        self.readout_mode = "as_is"
         channels_last(self)
 
     def config(self) -> dict:
@@ -220,12 +243,19 @@ class Generator(nn.Module):
         else:
             lip_feat = self.lip(flat(lip)) if lip is not None else None
             out = self.memory(audio, lip_feat)
-            recalled = out["audio_read"]
+            recalled = intervene(out["audio_read"], self.readout_mode)
         unflat = lambda x: x.reshape(b, t, *x.shape[1:])
-        out["audio_frames"] = unflat(self.decode(audio, recalled, skips, base))
+        direct = audio
+        if self.training and self.audio_drop > 0:
+            # training only: for a fraction of the frames the fusion gets no direct audio feature,
+            # so the decoder must draw those mouths from the memory readout (a departure from the
+            # paper, whose decoder may and does ignore the memory: docs, "The generator")
+            keep = torch.rand(len(audio), 1, device=audio.device) >= self.audio_drop
+            direct = audio * keep.to(audio.dtype)
+        out["audio_frames"] = unflat(self.decode(direct, recalled, skips, base))
         if self.memory is not None and lip is not None:
             if lip_path not in ("value_recall", "raw_lip"):
                 raise ValueError(f"lip_path must be value_recall or raw_lip, got {lip_path}")
             second = out["lip_read"] if lip_path == "value_recall" else out["lip_proj"]
-            out["lip_frames"] = unflat(self.decode(audio, second, skips, base))
+            out["lip_frames"] = unflat(self.decode(direct, second, skips, base))
         return out

@@ -9,7 +9,9 @@ Losses that belong to the memory (DESIGN §5):
 - store: MSE between the lip-addressed readout and the projected lip feature, the target
   detached, so the memory learns to hold lip features and never drags them towards itself;
 - align: KL(lip address || audio address) with the lip address detached, so audio learns to
-  address the slot the lip feature uses, and the lip address is not pulled towards audio's.
+  address the slot the lip feature uses, and the lip address is not pulled towards audio's;
+- recall (this project's, weight 0 in the paper's recipe): MSE between the audio-addressed
+  readout and the projected lip feature, the target detached.
 """
 from __future__ import annotations
 
@@ -19,13 +21,22 @@ from torch.nn import functional as F
 
 
 class AudioLipMemory(nn.Module):
-    def __init__(self, dim: int, slots: int = 96, scale: float = 16.0, init_std: float = 0.5):
+    def __init__(self, dim: int, slots: int = 96, scale: float = 16.0, init_std: float = 0.5,
+                 query_norm: str = "none"):
         super().__init__()
+        if query_norm not in ("none", "batch"):
+            raise ValueError(f"query_norm must be none or batch, got {query_norm!r}")
         self.key = nn.Parameter(torch.randn(slots, dim) * init_std)
         self.value = nn.Parameter(torch.randn(slots, dim) * init_std)
         self.audio_proj = nn.Linear(dim, dim)
         self.lip_proj = nn.Linear(dim, dim)
         self.scale = scale
+        # `batch`: each projected query centred and scaled per feature over the batch (running
+        # statistics at inference) before its cosine with the memory rows. The encoders end in a
+        # ReLU, so their features share one large mean direction, and uncentred queries all point
+        # nearly the same way: every frame then gets nearly the same address.
+        self.audio_norm = nn.BatchNorm1d(dim, affine=False) if query_norm == "batch" else nn.Identity()
+        self.lip_norm = nn.BatchNorm1d(dim, affine=False) if query_norm == "batch" else nn.Identity()
 
     @property
     def slots(self) -> int:
@@ -38,14 +49,14 @@ class AudioLipMemory(nn.Module):
 
     def recall(self, audio: torch.Tensor) -> dict:
         """Inference path: the audio address reads the value memory."""
-        a_addr = self.address(self.audio_proj(audio), self.key)
+        a_addr = self.address(self.audio_norm(self.audio_proj(audio)), self.key)
         return {"audio_address": a_addr, "audio_read": a_addr @ self.value}
 
     def forward(self, audio: torch.Tensor, lip: torch.Tensor | None = None) -> dict:
         out = self.recall(audio)
         if lip is not None:
             lip_p = self.lip_proj(lip)
-            l_addr = self.address(lip_p, self.value)
+            l_addr = self.address(self.lip_norm(lip_p), self.value)
             out.update(lip_proj=lip_p, lip_address=l_addr, lip_read=l_addr @ self.value)
         return out
 
@@ -53,6 +64,13 @@ class AudioLipMemory(nn.Module):
 def store_loss(out: dict) -> torch.Tensor:
     """MSE(lip-addressed readout, projected lip feature); the target does not move."""
     return F.mse_loss(out["lip_read"].float(), out["lip_proj"].detach().float())
+
+
+def recall_loss(out: dict) -> torch.Tensor:
+    """MSE(audio-addressed readout, projected lip feature), the lip feature detached: what audio
+    recalls from the memory must be the frame's lip feature (the paper asks it of the addresses
+    alone, through `align`). Trains the audio side and the memory rows; never the lip path."""
+    return F.mse_loss(out["audio_read"].float(), out["lip_proj"].detach().float())
 
 
 def align_loss(out: dict, eps: float = 1e-8) -> torch.Tensor:

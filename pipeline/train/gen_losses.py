@@ -2,6 +2,7 @@
 
 total = w_l1 * (L1 of the audio-path decode + L1 of the lip-path decode)
         + w_store * store + w_align * align            (memory variant: models/memory.py)
+        + w_recall * recall                             (memory variant, when w_recall > 0)
         + w_av * audio-visual sync   (the frozen expert, eval mode, on the lower half of every
                                       5-frame window of generated frames, with that window's mel)
         + w_vv * visual-visual sync  (L1 between lip-encoder embeddings of real and generated lip
@@ -93,6 +94,8 @@ def generator_losses(out: dict, batch: dict, weights: dict, expert: nn.Module, l
     if "lip_read" in out:
         parts["store"] = mem.store_loss(out)
         parts["align"] = mem.align_loss(out)
+        if weights.get("recall", 0.0) > 0:
+            parts["recall"] = mem.recall_loss(out)
     with torch.set_grad_enabled(use_sync and torch.is_grad_enabled()):
         parts["av_sync"] = av_sync_loss(expert, fake, batch["mel"])
     if lip_copy is not None:
@@ -100,7 +103,7 @@ def generator_losses(out: dict, batch: dict, weights: dict, expert: nn.Module, l
     if use_gan and disc is not None:
         parts["gan"] = g_adversarial(disc(fake.reshape(-1, *fake.shape[2:])))
     total = weights["l1"] * (parts["l1"] + parts.get("l1_lip", 0.0))
-    for name in ("store", "align", "av_sync", "vv_sync", "gan"):
+    for name in ("store", "align", "recall", "av_sync", "vv_sync", "gan"):
         if name in parts and (use_sync or name != "av_sync"):
             total = total + weights[name] * parts[name]
     return total, parts

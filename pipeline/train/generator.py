@@ -75,8 +75,21 @@ def build(view: dict, variant: str) -> tuple[Generator, QualityDiscriminator]:
     cfg = view["generator"]
     g = Generator(view["preprocess"]["img_size"], cfg["width"], use_memory=variant == "memory", slots=cfg["slots"],
                   dropout=cfg["dropout"], address_scale=cfg["address_scale"], output=cfg["output"],
-                  base_mouth=cfg["base_mouth"])
+                  base_mouth=cfg["base_mouth"], query_norm=cfg.get("query_norm", "none"),
+                  audio_drop=cfg.get("audio_drop", 0.0))
     return g, QualityDiscriminator(cfg["width"])
+
+
+def generator_groups(g: Generator, lr: float, memory_lr_scale: float) -> list[dict]:
+    """The generator's optimiser groups: the memory's key and value rows at `memory_lr_scale`
+    times the learning rate (each row learns only from the frames that address it, a few per
+    batch), everything else at the learning rate."""
+    if g.memory is None or memory_lr_scale == 1.0:
+        return [{"params": list(g.parameters())}]
+    rows = [g.memory.key, g.memory.value]
+    ids = {id(p) for p in rows}
+    return [{"params": [p for p in g.parameters() if id(p) not in ids]},
+            {"params": rows, "lr": lr * memory_lr_scale, "lr_scale": memory_lr_scale}]
 
 
 def init_audio_from_expert(g: Generator, expert: torch.nn.Module) -> None:
@@ -131,7 +144,8 @@ class TrainState:
         if cfg["audio_init"] == "expert":
             init_audio_from_expert(g, expert)
         self.g, self.d = g.to(rt.device), d.to(rt.device)
-        self.opt_g = torch.optim.Adam(g.parameters(), lr=cfg["lr_g"], betas=tuple(cfg["betas"]))
+        self.opt_g = torch.optim.Adam(generator_groups(g, cfg["lr_g"], cfg.get("memory_lr_scale", 1.0)), lr=cfg["lr_g"],
+                                      betas=tuple(cfg["betas"]))
         self.opt_d = torch.optim.Adam(d.parameters(), lr=cfg["lr_d"], betas=tuple(cfg["betas"]))
         self.d_scaler = torch.amp.GradScaler("cuda") if rt.scaler is not None else None
         self.net_g = torch.compile(self.g) if cfg["compile"] and rt.device.type == "cuda" else self.g
@@ -161,7 +175,7 @@ class TrainState:
         f = lr_factor(self.cfg, step)
         for opt, base in ((self.opt_g, self.cfg["lr_g"]), (self.opt_d, self.cfg["lr_d"])):
             for group in opt.param_groups:
-                group["lr"] = base * f
+                group["lr"] = base * f * group.get("lr_scale", 1.0)
 
     def step_on(self, batch: dict, use_gan: bool, on_non_finite=None, use_sync: bool = True,
                 gan_scale: float = 1.0) -> dict:

@@ -14,6 +14,7 @@ rule evaluate:
     output:
         table=directory(str(paths.eval_dir())),
         metrics=str(paths.metrics("evaluate")),
+        memory=str(paths.metrics("memory")),
     params:
         **stage_params("evaluate"),
     log:
@@ -54,6 +55,7 @@ rule report:
         evaluation=str(paths.eval_dir()),
         demo=str(paths.demo_dir()),
         eval_metrics=str(paths.metrics("evaluate")),
+        memory_metrics=str(paths.metrics("memory")),
         index=str(paths.processed_index(DATASET)),
         shards=SHARDS,
         manifest=str(paths.manifest(DATASET)),
