@@ -147,6 +147,7 @@ STAGES: dict[str, StageSpec] = {
                 "pipeline/evaluate/generate.py",
                 "pipeline/evaluate/memory_analysis.py",
                 "pipeline/data/face_anim.py",
+                "pipeline/data/speech.py",
                 "pipeline/models/syncnet_v2.py",
                 "pipeline/models/generator.py",
                 "pipeline/models/memory.py",

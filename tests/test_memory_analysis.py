@@ -161,3 +161,10 @@ def test_batch_normalised_queries_spread_the_addresses():
     assert info(normed) > 3 * info(plain)
     with pytest.raises(ValueError, match="query_norm"):
         AudioLipMemory(64, 96, query_norm="layer")
+
+
+def test_mean_pairwise_cosine_needs_no_n_by_n_matrix_and_agrees_with_one():
+    v = np.random.default_rng(3).normal(size=(300, 16)) + 0.5
+    u = v / np.linalg.norm(v, axis=1, keepdims=True)
+    g = u @ u.T
+    assert ma.mean_pairwise_cosine(v) == pytest.approx((g.sum() - np.trace(g)) / (300 * 299))

@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, clone_run, run_tool, tool_env, venv_bin
+from conftest import REPO, clone_run, tool_env, venv_bin
 
 PROBE = """
 import json, os
@@ -132,3 +132,20 @@ def test_a_resume_that_cannot_compute_the_same_says_so(caplog):
         loop.check_resume(rt, {**loop.numerics(rt), "precision": "bf16", "threads": 4}, "train_generator (memory)")
     text = caplog.records[-1].getMessage()
     assert "precision bf16 -> fp32" in text and "threads 4 -> 2" in text and "not be byte-identical" in text
+
+
+def _fails(rank, world):
+    from pipeline.errors import PipelineError
+
+    raise PipelineError("train_generator (memory): the loss is not finite at step 3")
+
+
+def test_a_clear_error_in_a_worker_started_with_other_threads_stays_clear():
+    from pipeline.errors import PipelineError
+    from pipeline.runtime import threads
+    from pipeline.train import loop
+
+    before = os.environ.get(loop.RANK_THREADS_VAR)
+    with pytest.raises(PipelineError, match="not finite at step 3"):
+        loop.run_workers(_fails, 1, threads=threads() + 1)  # a fresh process: its libraries start with that count
+    assert os.environ.get(loop.RANK_THREADS_VAR) == before

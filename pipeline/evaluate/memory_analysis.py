@@ -13,7 +13,8 @@
   phoneme spoken at their centre (the embedded corpus' synthesiser timing), less the mean of the
   same figure with the labels shuffled (the plug-in estimate's bias with few frames per cell);
   the mean address per phoneme as a heatmap, rows grouped by mouth shape (viseme), and per word
-  (LRS2's word boundaries; LRW's word centred in the clip).
+  (the embedded corpus' timing; word boundaries where an LRS2 .txt has them, which only its
+  pretrain set's do; LRW's word centred in the clip). Silence frames do not count as phonemes.
 - Store fidelity: MSE between the lip-addressed readout and the projected lip feature, beside the
   MSE of predicting every projected lip feature by their mean (a memory that stores anything
   beats it); KL(lip address || audio address) on matching frames and on shuffled ones.
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.speech import is_silence
 from ..io import align
 from . import generate as gen
 from .metrics import mouth
@@ -64,8 +66,8 @@ def mean_pairwise_cosine(vectors: np.ndarray) -> float:
     n = len(v)
     if n < 2:
         return float("nan")
-    g = v @ v.T
-    return float((g.sum() - np.trace(g)) / (n * (n - 1)))
+    total = v.sum(0)  # the sum of all n^2 cosines is |sum of the unit vectors|^2: no n x n matrix
+    return float((total @ total - (v * v).sum()) / (n * (n - 1)))
 
 
 def plugin_information(x: np.ndarray, y: np.ndarray) -> float:
@@ -114,19 +116,21 @@ def sync_and_mouth(model, expert, store, clips, modes=READOUTS) -> dict:
 
     out = {}
     for mode in modes:
-        fakes, reals, offsets, confs = [], [], [], []
+        l1_sum, pixels, offsets, confs = 0.0, 0, [], []
         with readout(model, mode):
             for row in clips.itertuples():
                 frames, mel = store.frames(row.clip_id), store.mel(row.clip_id)
-                fake = gen.generate_clip(model, frames, mel)
+                # a clip in one batch (up to 256 frames): the shuffle moves every frame's readout
+                fake = gen.generate(model, frames, gen.mel_windows(len(frames), mel), gen.reference_frames(frames),
+                                    batch=len(frames) if len(frames) <= 256 else 128)
                 valid = slice(2, len(frames) - 2)
-                reals.append(mouth(frames[valid]))
-                fakes.append(mouth(fake[valid]))
+                diff = np.abs(mouth(fake[valid]).astype(np.float64) - mouth(frames[valid]))
+                l1_sum, pixels = l1_sum + float(diff.sum()), pixels + diff.size
                 offset, conf, _ = sync_of(expert, fake, mel)
                 offsets.append(offset)
                 confs.append(conf)
-        real, fake, offsets = np.concatenate(reals).astype(np.float64), np.concatenate(fakes).astype(np.float64), np.array(offsets)
-        out[mode] = {"mouth_l1": float(np.abs(fake - real).mean() / 255.0),
+        offsets = np.array(offsets)
+        out[mode] = {"mouth_l1": l1_sum / max(1, pixels) / 255.0,
                      "within1": float((np.abs(offsets) <= 1).mean()), "abs_offset": float(np.abs(offsets).mean()),
                      "confidence": float(np.mean(confs))}
     return out
@@ -152,7 +156,7 @@ def frame_labels(video_path: Path, n_frames: int, fps: float = 25.0) -> tuple[li
                       for w in info.get("words", []) if isinstance(w, dict)])
     elif txt.is_file():
         text = txt.read_text(errors="replace")
-        rows = re.findall(r"^(\S+)\s+([\d.]+)\s+([\d.]+)\s+[\d.]+\s*$", text, flags=re.M)  # LRS2: WORD START END ASD
+        rows = re.findall(r"^(\S+)\s+([\d.]+)\s+([\d.]+)\s+-?[\d.]+\s*$", text, flags=re.M)  # LRS2 pretrain: WORD START END ASD
         if rows:
             paint(words, [(w, float(s), float(e)) for w, s, e in rows])
         else:  # LRW: the word is centred in the clip and lasts `Duration:` seconds
@@ -183,7 +187,7 @@ def clip_memory(model, frames: np.ndarray, mel: np.ndarray, n_mel: int) -> dict:
     mels = torch.from_numpy(gen.mel_windows(n, mel)[valid]).to(device)
     audio = model.encode_audio(mels)
     mem = model.memory(audio, model.lip(lip_inputs(frames, valid).to(device)))
-    query = model.memory.audio_proj(audio)
+    query = model.memory.audio_norm(model.memory.audio_proj(audio))  # what the addressing compares
     return {"frames": valid, "query": query.float().cpu().numpy(),
             **{k: mem[k].float().cpu().numpy() for k in ("audio_address", "lip_address", "lip_proj", "lip_read")}}
 
@@ -208,7 +212,7 @@ def analyse(model, clips, store, video_path_of, min_count: int = 3) -> dict:
     cat = {k: np.concatenate([p[k] for p in parts]) for k in ("query", "audio_address", "lip_address", "lip_proj", "lip_read")}
     addr = cat["audio_address"]
     strongest = addr.argmax(1)
-    labelled = [i for i, p in enumerate(phones) if p]
+    labelled = [i for i, p in enumerate(phones) if p and not is_silence(p)]  # speech vs silence is loudness
     phone_info, phone_info_raw = label_information([phones[i] for i in labelled], strongest[labelled])
     shuffled = np.random.default_rng(0).permutation(len(addr))
     proj = cat["lip_proj"]

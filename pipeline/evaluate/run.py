@@ -239,10 +239,11 @@ def analyse_memory(view: dict, store: Store, checkpoint: Path, out_dir: Path) ->
         p = Path(row.video_path)
         return p if p.is_absolute() or p.exists() else raw / p
 
+    limit = min(n for n in (view["evaluate"]["max_clips"], view["evaluate"]["memory_clips"]) if n)
     splits = {s: split_clips(view, store, s) for s in ("val", "test")}
-    splits = {s: c for s, c in splits.items() if not c.empty}
-    if view["evaluate"]["max_clips"]:
-        splits = {s: c.head(view["evaluate"]["max_clips"]) for s, c in splits.items()}
+    # at most `limit` clips a split, spread over it (LRW's index is sorted by word)
+    splits = {s: (c if len(c) <= limit else c.sample(limit, random_state=0).sort_index()) for s, c in splits.items()
+              if not c.empty}
     model = gen.load_generator(checkpoint)
     expert = load_expert(paths.model_dir("sync_expert") / "expert.pt")
     started = time.time()

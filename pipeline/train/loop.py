@@ -233,18 +233,30 @@ def run_workers(fn, processes: int, *args, threads: int | None = None) -> None:
     else its share of the threads this process was pinned to. Workers this function starts begin
     with every library's thread variables at that count (runtime.pin_threads); so does a single
     worker whose count differs from this process's: it runs in a fresh process rather than here."""
-    from ..runtime import thread_env
     from ..runtime import threads as pinned
 
     env = launcher_env()
     world = env[1] if env is not None else max(1, processes)
     per_rank = int(threads) if threads else max(1, pinned() // world)
-    os.environ[RANK_THREADS_VAR] = str(per_rank)
-    if env is not None or (processes <= 1 and per_rank == pinned()):
-        rank, world, local = env or (0, 1, 0)
-        fn(rank, world, *args)
-        return
-    processes = max(1, processes)
+    old_rank_threads = os.environ.get(RANK_THREADS_VAR)
+    os.environ[RANK_THREADS_VAR] = str(per_rank)  # for worker_setup, here or in the workers
+    try:
+        if env is not None or (processes <= 1 and per_rank == pinned()):
+            rank, world, local = env or (0, 1, 0)
+            fn(rank, world, *args)
+            return
+        _spawn_workers(fn, max(1, processes), per_rank, args)
+    finally:
+        if old_rank_threads is None:
+            os.environ.pop(RANK_THREADS_VAR, None)
+        else:
+            os.environ[RANK_THREADS_VAR] = old_rank_threads
+
+
+def _spawn_workers(fn, processes: int, per_rank: int, args: tuple) -> None:
+    from ..errors import PipelineError
+    from ..runtime import thread_env
+
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(free_port())
     import torch.multiprocessing as tmp
@@ -265,6 +277,13 @@ def run_workers(fn, processes: int, *args, threads: int | None = None) -> None:
             pass
     except tmp.ProcessRaisedException as exc:
         if received and "Preempted" in str(exc):
+            raise Preempted(received[0], -1) from None
+        message = str(exc).rstrip().rsplit("PipelineError: ", 1)
+        if len(message) == 2:  # a worker's clear error stays one: the CLI prints it, not a traceback
+            raise PipelineError(message[1].strip()) from None
+        raise
+    except tmp.ProcessExitedException:
+        if received:  # a signal forwarded before the worker could catch it
             raise Preempted(received[0], -1) from None
         raise
     finally:
