@@ -9,6 +9,7 @@ Run it from the project after `make run` (it needs the processed store, sync_che
 the expert; the params are params.yaml's, with generator.seed replaced):
 
     .venv/bin/python benchmarks/memory_ablation.py [--seeds 0 1 2] [--set generator.max_steps=600 ...]
+    .venv/bin/python benchmarks/memory_ablation.py --with-project   # seed 0 is the project's own run
 
 Each seed trains in a folder of its own under a temporary directory (the project's outputs are
 not touched); on 2 cores a seed takes about as long as the default run's two generator stages
@@ -56,6 +57,11 @@ def one_seed(base: Path, params: dict, seed: int) -> dict:
     for variant in ("memory", "no_memory"):
         stage(folder, "train_generator", "--variant", variant)
     stage(folder, "evaluate")
+    return results(folder)
+
+
+def results(folder: Path) -> dict:
+    """The per split and variant figures of a project folder whose generators and evaluate ran."""
     ev = json.loads((folder / "metrics/evaluate.json").read_text())
     mem = json.loads((folder / "metrics/memory.json").read_text())
     rows = {}
@@ -90,7 +96,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="params overrides, e.g. generator.max_steps=600")
+    parser.add_argument("--with-project", action="store_true",
+                        help="take the project's own run (its metrics/, reports/eval/; `make run`) as the seed of its "
+                             "params.yaml instead of training that seed again (without --set only: the same recipe)")
     args = parser.parse_args()
+    if args.with_project and args.set:
+        parser.error("--with-project reads the project's run of params.yaml as it is: no --set")
     for need in ("data/processed", "models/sync_expert/expert.pt", "data/sync_check"):
         if not (ROOT / need).exists():
             raise SystemExit(f"{ROOT / need} not found: run `make run` (or the pipeline up to sync_check) first")
@@ -102,18 +113,28 @@ def main() -> None:
         for k in path:
             node = node[k]
         node[last] = yaml.safe_load(value)
-    results = {}
+    table = {}
+    own_seed = params["generator"]["seed"] if args.with_project else None
+    if own_seed is not None:
+        for need in ("metrics/memory.json", "metrics/evaluate.json", "reports/eval/per_clip.csv"):
+            if not (ROOT / need).is_file():
+                raise SystemExit(f"{ROOT / need} not found: --with-project needs the project's run (make run)")
+        table[own_seed] = results(ROOT)
+        print(f"seed {own_seed}: the project's own run", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         for seed in args.seeds:
-            results[seed] = one_seed(Path(tmp), params, seed)
+            if seed == own_seed:
+                continue
+            table[seed] = one_seed(Path(tmp), params, seed)
             print(f"seed {seed} done", flush=True)
+    table = dict(sorted(table.items()))
     print("seed  split  variant    " + "  ".join(f"{c:>16s}" for c in COLUMNS))
-    for seed, rows in results.items():
+    for seed, rows in table.items():
         for (split, variant), r in rows.items():
             print(f"{seed:4d}  {split:5s}  {variant:9s}  " + "  ".join(f"{fmt(r[c]):>16s}" for c in COLUMNS))
     print("memory vs no_memory on test (difference memory - no_memory; better: within1 and lse_c higher):")
     worst = None
-    for seed, rows in results.items():
+    for seed, rows in table.items():
         m, n = rows[("test", "memory")], rows[("test", "no_memory")]
         d_w, d_c = m["within1"] - n["within1"], (m["lse_c"] or 0) - (n["lse_c"] or 0)
         better = d_w > 0 and d_c > 0

@@ -168,3 +168,12 @@ def test_mean_pairwise_cosine_needs_no_n_by_n_matrix_and_agrees_with_one():
     u = v / np.linalg.norm(v, axis=1, keepdims=True)
     g = u @ u.T
     assert ma.mean_pairwise_cosine(v) == pytest.approx((g.sum() - np.trace(g)) / (300 * 299))
+
+
+def test_within_clip_share_tells_speaker_features_from_frame_features():
+    rng = np.random.default_rng(0)
+    speakers = [np.tile(rng.normal(size=(1, 8)) * 5, (30, 1)) + rng.normal(size=(30, 8)) * 0.1 for _ in range(6)]
+    frames = [rng.normal(size=(30, 8)) for _ in range(6)]
+    assert ma.within_clip_fraction(speakers) < 0.01
+    assert ma.within_clip_fraction(frames) > 0.9
+    assert ma.within_clip_fraction([np.ones((5, 3)), np.ones((5, 3))]) == 0.0

@@ -15,6 +15,9 @@
   the mean address per phoneme as a heatmap, rows grouped by mouth shape (viseme), and per word
   (the embedded corpus' timing; word boundaries where an LRS2 .txt has them, which only its
   pretrain set's do; LRW's word centred in the clip). Silence frames do not count as phonemes.
+- What the features carry: the share of the projected lip features' variance, and of the audio
+  queries', that lies within clips (a lip feature that tells speakers apart and not mouth shapes
+  has a share near 0, and no audio query can learn its address).
 - Store fidelity: MSE between the lip-addressed readout and the projected lip feature, beside the
   MSE of predicting every projected lip feature by their mean (a memory that stores anything
   beats it); KL(lip address || audio address) on matching frames and on shuffled ones.
@@ -192,6 +195,16 @@ def clip_memory(model, frames: np.ndarray, mel: np.ndarray, n_mel: int) -> dict:
             **{k: mem[k].float().cpu().numpy() for k in ("audio_address", "lip_address", "lip_proj", "lip_read")}}
 
 
+def within_clip_fraction(parts: list) -> float:
+    """The share of the variance of features [frames, D] that lies within clips (`parts`, one
+    array per clip): near 1 when they change with each frame, near 0 when they only tell the clips
+    (their speaker) apart."""
+    allf = np.concatenate(parts).astype(np.float64)
+    total = ((allf - allf.mean(0)) ** 2).sum()
+    within = sum((((p.astype(np.float64) - p.mean(0)) ** 2).sum()) for p in parts)
+    return float(within / total) if total > 0 else 0.0
+
+
 def kl_rows(p: np.ndarray, q: np.ndarray) -> float:
     p, q = np.asarray(p, np.float64), np.asarray(q, np.float64)
     return float((p * (np.log(p + 1e-8) - np.log(q + 1e-8))).sum(1).mean())
@@ -234,6 +247,8 @@ def analyse(model, clips, store, video_path_of, min_count: int = 3) -> dict:
             "query_cosine": mean_pairwise_cosine(cat["query"]),
             "phoneme_info_nats": phone_info, "phoneme_info_nats_plugin": phone_info_raw,
             "phoneme_frames": len(labelled),
+            "lip_within_clip": within_clip_fraction([p["lip_proj"] for p in parts]),
+            "query_within_clip": within_clip_fraction([p["query"] for p in parts]),
             "store_mse": float(((cat["lip_read"] - proj) ** 2).mean()),
             "store_mse_mean_predictor": float(((proj - proj.mean(0)) ** 2).mean()),
             "align_kl": kl_rows(cat["lip_address"], addr), "align_kl_shuffled": kl_rows(cat["lip_address"], addr[shuffled]),
@@ -267,6 +282,7 @@ def heatmap(labels: list, matrix: np.ndarray, title: str, path: Path) -> None:
 
 # ------------------------------------------------------------------ the evaluate stage's part
 KEYS = ("audio_address_info_nats", "lip_address_info_nats", "slots_used", "effective_slots", "query_cosine",
+        "lip_within_clip", "query_within_clip",
         "phoneme_info_nats", "phoneme_info_nats_plugin", "phoneme_frames", "store_mse", "store_mse_mean_predictor",
         "align_kl", "align_kl_shuffled", "frames")
 

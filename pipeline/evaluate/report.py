@@ -239,6 +239,8 @@ def _memory_section(view: dict, tmp: Path, sections: list) -> dict:
                 ("slots that are a frame's strongest", "slots_used", "d"),
                 ("effective slots per frame", "effective_slots", ".1f"),
                 ("mean pairwise cosine of the audio queries", "query_cosine", ".3f"),
+                ("share of the lip features' variance within clips", "lip_within_clip", ".3f"),
+                ("share of the audio queries' variance within clips", "query_within_clip", ".3f"),
                 ("I(phoneme; strongest slot), nats (bias-corrected)", "phoneme_info_nats", ".3f"),
                 ("store MSE", "store_mse", ".4f"), ("MSE of the mean lip feature", "store_mse_mean_predictor", ".4f"),
                 ("KL(lip || audio address), own frames", "align_kl", ".3f"),

@@ -7,7 +7,8 @@ Read top to bottom:
 - lip encoder: the 5 frames centred on a target, upper half zeroed, [3, 5, S, S]; a Conv3d
   (kernel 5x7x7) collapses time, then a 2D CNN -> D;
 - Audio-Lip Memory (models/memory.py);
-- fusion: concat(audio feature, lip feature read from memory) -> dropout 0.5 -> linear 2D -> D;
+- fusion: concat(audio feature, lip feature read from memory) -> dropout 0.5 -> linear 2D -> D
+  (-> ReLU with `fusion: relu`);
 - U-Net decoder with the identity skips -> tanh; each frame is decoded alone.
 
 Output (`output`): `direct` is the paper's (the decoder's tanh is the frame). `residual` (this
@@ -35,7 +36,7 @@ from torch import nn
 from ..geometry import MOUTH_BOX
 from .layout import channels_last
 from .memory import AudioLipMemory
-from .syncnet import AUDIO, ConvBlock, _scaled, _stack
+from .syncnet import AUDIO, ConvBlock, SyncNet, _scaled, _stack
 
 
 def bottom_size(img_size: int) -> int:
@@ -100,6 +101,41 @@ class LipEncoder(nn.Module):
         if lip.shape[2] != 5:
             raise ValueError(f"the lip encoder takes 5-frame windows, got {lip.shape[2]} frames")
         return self.body(self.front(lip).squeeze(2)).flatten(1)
+
+
+class ExpertLipEncoder(nn.Module):
+    """The sync expert's face encoder as the lip encoder (`generator.lip_encoder: expert`, a
+    departure from the paper, whose lip encoder trains with the generator): frozen, always in eval
+    mode, it maps the same 5-frame windows to the expert's face embedding (before normalisation).
+
+    The paper's lip encoder, trained in a short run by the lip-path decode and the store term,
+    encodes who is speaking, not the mouth: on the embedded corpus 98% of its features' variance
+    lies between clips and no linear map from the audio predicts them (docs, "The Audio-Lip
+    Memory"). The expert's face embedding was trained to agree with the audio, so the lip
+    addresses it gives are ones the audio can learn to make. Training only: inference never runs
+    a lip encoder."""
+
+    def __init__(self, img_size: int, width: float, input_channels: str = "rgb"):
+        super().__init__()
+        net = SyncNet(img_size, width, input_channels)
+        self.face_encoder, self.input_channels, self.dim = net.face_encoder, input_channels, net.embed_dim
+        for p in self.parameters():
+            p.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> "ExpertLipEncoder":
+        return self  # frozen: its batch norms keep the expert's statistics
+
+    def forward(self, lip: torch.Tensor) -> torch.Tensor:
+        """[N, 3, 5, S, S] in [-1, 1] (upper half zeroed) -> [N, D]: the lower halves in [0, 1],
+        stacked frame-major as the expert takes them."""
+        if lip.shape[2] != 5:
+            raise ValueError(f"the lip encoder takes 5-frame windows, got {lip.shape[2]} frames")
+        n, c, t, s, _ = lip.shape
+        faces = ((lip[..., s // 2:, :] + 1.0) / 2.0).transpose(1, 2).reshape(n, c * t, s // 2, s)
+        return self.face_encoder(self._to_network_channels(faces)).flatten(1)
+
+    _to_network_channels = SyncNet._to_network_channels  # RGB -> the channel order it was trained on
 
 
 class Decoder(nn.Module):
@@ -175,7 +211,7 @@ class Generator(nn.Module):
     def __init__(self, img_size: int = 96, width: float = 1.0, use_memory: bool = True, slots: int = 96,
                  dropout: float = 0.5, address_scale: float = 16.0, output: str = "direct",
                  base_mouth: str = "reference", blur_box=MOUTH_BOX, query_norm: str = "none",
-                 audio_drop: float = 0.0):
+                 audio_drop: float = 0.0, lip_encoder: dict | None = None, fusion: str = "relu"):
         super().__init__()
         if output not in ("direct", "residual"):
             raise ValueError(f"output must be direct or residual, got {output!r}")
@@ -184,12 +220,25 @@ class Generator(nn.Module):
         dim = _scaled(512, width)
         self.identity = IdentityEncoder(img_size, width)
         self.audio = _stack(AUDIO, width, 1)
-        self.lip = LipEncoder(img_size, width, dim) if use_memory else None
-        self.memory = AudioLipMemory(dim, slots, address_scale, query_norm=query_norm) if use_memory else None
+        # lip_encoder: None = the paper's (trained with the generator); {"kind": "expert", "width",
+        # "input_channels"} = the sync expert's frozen face encoder (its weights: init_lip_from_expert)
+        if lip_encoder is not None and (lip_encoder.get("kind") != "expert" or set(lip_encoder) != {"kind", "width", "input_channels"}):
+            raise ValueError(f"lip_encoder must be None or {{kind: expert, width, input_channels}}, got {lip_encoder}")
+        if not use_memory:
+            lip_encoder = None
+        if lip_encoder is None:
+            self.lip = LipEncoder(img_size, width, dim) if use_memory else None
+        else:
+            self.lip = ExpertLipEncoder(img_size, lip_encoder["width"], lip_encoder["input_channels"])
+        lip_dim = self.lip.dim if isinstance(self.lip, ExpertLipEncoder) else dim
+        self.memory = AudioLipMemory(dim, slots, address_scale, query_norm=query_norm, lip_dim=lip_dim) if use_memory else None
         if not 0.0 <= audio_drop < 1.0:
             raise ValueError(f"audio_drop must be in [0, 1), got {audio_drop}")
         self.audio_drop = float(audio_drop) if use_memory else 0.0
-        self.fusion = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * dim, dim), nn.ReLU())
+        if fusion not in ("relu", "linear"):
+            raise ValueError(f"fusion must be relu or linear, got {fusion!r}")
+        # `linear`: the authors' code; `relu`: this project's first version (a departure, docs)
+        self.fusion = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * dim, dim), *([nn.ReLU()] if fusion == "relu" else []))
         self.decoder = Decoder(img_size, width, self.identity.channels, dim, residual=output == "residual")
         self.img_size, self.width, self.use_memory, self.dim = img_size, width, use_memory, dim
         self.base_mouth, self.blur_box = base_mouth, tuple(float(v) for v in blur_box)
@@ -198,7 +247,7 @@ class Generator(nn.Module):
         self._config = {"img_size": img_size, "width": width, "use_memory": use_memory, "slots": slots,
                         "dropout": dropout, "address_scale": address_scale, "output": output,
                         "base_mouth": base_mouth, "blur_box": list(self.blur_box), "query_norm": query_norm,
-                        "audio_drop": self.audio_drop}
+                        "audio_drop": self.audio_drop, "lip_encoder": lip_encoder, "fusion": fusion}
         # the causal test of the memory (evaluate/memory_analysis.py): as_is, shuffled, zeroed
         self.readout_mode = "as_is"
         channels_last(self)

@@ -22,14 +22,14 @@ from torch.nn import functional as F
 
 class AudioLipMemory(nn.Module):
     def __init__(self, dim: int, slots: int = 96, scale: float = 16.0, init_std: float = 0.5,
-                 query_norm: str = "none"):
+                 query_norm: str = "none", lip_dim: int | None = None):
         super().__init__()
         if query_norm not in ("none", "batch"):
             raise ValueError(f"query_norm must be none or batch, got {query_norm!r}")
         self.key = nn.Parameter(torch.randn(slots, dim) * init_std)
         self.value = nn.Parameter(torch.randn(slots, dim) * init_std)
         self.audio_proj = nn.Linear(dim, dim)
-        self.lip_proj = nn.Linear(dim, dim)
+        self.lip_proj = nn.Linear(lip_dim or dim, dim)  # lip_dim: a lip encoder of another width
         self.scale = scale
         # `batch`: each projected query centred and scaled per feature over the batch (running
         # statistics at inference) before its cosine with the memory rows. The encoders end in a

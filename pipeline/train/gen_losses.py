@@ -83,9 +83,15 @@ def vv_sync_loss(lip_copy: FrozenCopy, fake: torch.Tensor, real: torch.Tensor) -
 
 
 def generator_losses(out: dict, batch: dict, weights: dict, expert: nn.Module, lip_copy: FrozenCopy | None,
-                     disc: nn.Module | None, use_gan: bool, use_sync: bool = True) -> tuple[torch.Tensor, dict]:
-    """The weighted total and every term (tensors; the AV sync term is detached and left out of
-    the total while `use_sync` is false)."""
+                     disc: nn.Module | None, use_gan: bool, use_sync: bool = True,
+                     both_decodes: bool = False, expert_vv: bool = False) -> tuple[torch.Tensor, dict]:
+    """The weighted total and every term (tensors; the AV sync terms are detached and left out of
+    the total while `use_sync` is false). `both_decodes` (`generator.lip_decode_losses: all`, the
+    authors' code): the AV sync, VV sync and GAN terms are applied to the lip-path decode too, as
+    `<term>_lip` with the same weights; otherwise that decode has its L1 term only. `expert_vv`
+    (the lip encoder is the sync expert's face encoder): the VV sync terms are the expert's
+    gradient too, so they wait for `use_sync` like the AV terms (from the first step they painted
+    colour patterns on the lips that the discriminator then fought)."""
     target = batch["target"]
     fake = out["audio_frames"]
     parts = {"l1": F.l1_loss(fake.float(), target.float())}
@@ -98,12 +104,24 @@ def generator_losses(out: dict, batch: dict, weights: dict, expert: nn.Module, l
             parts["recall"] = mem.recall_loss(out)
     with torch.set_grad_enabled(use_sync and torch.is_grad_enabled()):
         parts["av_sync"] = av_sync_loss(expert, fake, batch["mel"])
+    sync_terms = ("av_sync", "vv_sync") if expert_vv else ("av_sync",)
     if lip_copy is not None:
-        parts["vv_sync"] = vv_sync_loss(lip_copy, fake, target)
+        with torch.set_grad_enabled((use_sync or not expert_vv) and torch.is_grad_enabled()):
+            parts["vv_sync"] = vv_sync_loss(lip_copy, fake, target)
     if use_gan and disc is not None:
         parts["gan"] = g_adversarial(disc(fake.reshape(-1, *fake.shape[2:])))
+    if both_decodes and "lip_frames" in out:
+        second = out["lip_frames"]
+        with torch.set_grad_enabled(use_sync and torch.is_grad_enabled()):
+            parts["av_sync_lip"] = av_sync_loss(expert, second, batch["mel"])
+        if lip_copy is not None:
+            with torch.set_grad_enabled((use_sync or not expert_vv) and torch.is_grad_enabled()):
+                parts["vv_sync_lip"] = vv_sync_loss(lip_copy, second, target)
+        if use_gan and disc is not None:
+            parts["gan_lip"] = g_adversarial(disc(second.reshape(-1, *second.shape[2:])))
     total = weights["l1"] * (parts["l1"] + parts.get("l1_lip", 0.0))
     for name in ("store", "align", "recall", "av_sync", "vv_sync", "gan"):
-        if name in parts and (use_sync or name != "av_sync"):
-            total = total + weights[name] * parts[name]
+        for key in (name, f"{name}_lip"):
+            if key in parts and (use_sync or name not in sync_terms):
+                total = total + weights[name] * parts[key]
     return total, parts

@@ -34,7 +34,7 @@ from ..evaluate import generate as gen
 from ..evaluate.metrics import mouth, psnr, to_uint8
 from ..io.store import Store
 from ..models.discriminator import QualityDiscriminator, d_loss
-from ..models.generator import Generator
+from ..models.generator import ExpertLipEncoder, Generator
 from ..runtime import fingerprint, launcher_rank, without_timings, write_json_atomic
 from . import expert_io, gen_report, loop
 from .gen_losses import FrozenCopy, av_sync_loss, generator_losses
@@ -71,12 +71,25 @@ def datasets(view: dict) -> tuple[GeneratorDataset, GeneratorDataset, int]:
     return train, val, excluded
 
 
-def build(view: dict, variant: str) -> tuple[Generator, QualityDiscriminator]:
+def build(view: dict, variant: str, expert: torch.nn.Module | None = None) -> tuple[Generator, QualityDiscriminator]:
+    """The generator and discriminator of `variant`; with `generator.lip_encoder: expert` the
+    memory variant's lip encoder is `expert`'s face encoder (its weights copied)."""
     cfg = view["generator"]
+    lip = None
+    if variant == "memory" and cfg.get("lip_encoder", "own") == "expert":
+        if expert is None:
+            raise PipelineError("generator.lip_encoder: expert needs the sync expert to build the generator")
+        ec = expert.config()
+        lip = {"kind": "expert", "width": ec["width"], "input_channels": ec["input_channels"]}
     g = Generator(view["preprocess"]["img_size"], cfg["width"], use_memory=variant == "memory", slots=cfg["slots"],
                   dropout=cfg["dropout"], address_scale=cfg["address_scale"], output=cfg["output"],
                   base_mouth=cfg["base_mouth"], query_norm=cfg.get("query_norm", "none"),
-                  audio_drop=cfg.get("audio_drop", 0.0))
+                  audio_drop=cfg.get("audio_drop", 0.0), lip_encoder=lip, fusion=cfg.get("fusion", "relu"))
+    if lip is not None:
+        if expert.img_size != g.img_size:
+            raise PipelineError(f"generator.lip_encoder: expert needs an expert of the generator's image size "
+                                f"({g.img_size} px), got {expert.img_size} px")
+        g.lip.face_encoder.load_state_dict(expert.face_encoder.state_dict())
     return g, QualityDiscriminator(cfg["width"])
 
 
@@ -140,7 +153,7 @@ class TrainState:
     def __init__(self, view: dict, variant: str, rt: loop.Runtime, expert: torch.nn.Module):
         cfg = self.cfg = view["generator"]
         self.rt, self.variant, self.expert = rt, variant, expert
-        g, d = build(view, variant)
+        g, d = build(view, variant, expert)
         if cfg["audio_init"] == "expert":
             init_audio_from_expert(g, expert)
         self.g, self.d = g.to(rt.device), d.to(rt.device)
@@ -190,7 +203,8 @@ class TrainState:
             out = self.net_g(batch["masked"], batch["reference"], batch["mel"],
                              batch["lip"] if g.use_memory else None, cfg["lip_path"])
             total, parts = generator_losses(out, batch, weights, self.expert, self.lip_copy, d, use_gan,
-                                            use_sync)
+                                            use_sync, cfg.get("lip_decode_losses", "l1") == "all",
+                                            expert_vv=isinstance(g.lip, ExpertLipEncoder))
         if loop.any_rank(rt, not bool(torch.isfinite(total))):  # every rank stops together
             for p in d.parameters():
                 p.requires_grad_(True)
@@ -346,11 +360,12 @@ def run(view: dict, tracker=None, variant: str = "memory") -> dict:
     if launcher_rank() != 0:  # torchrun/srun started every rank: rank 0 alone writes the outputs
         return {"rank": launcher_rank()}
     state = loop.load_checkpoint(work / "checkpoint.pt")
-    g, _ = build(view, variant)
+    expert = expert_io.load_expert(expert_path)
+    g, _ = build(view, variant, expert)
     g.load_state_dict(state["generator"])
     g.eval()
     history = state["history"]
-    final = gen_report.final_check(g, expert_io.load_expert(expert_path), val, cfg)
+    final = gen_report.final_check(g, expert, val, cfg)
     metrics = {"steps": state["step"], "train_seconds": round(time.time() - started, 1),
                "train_windows": len(train), "excluded_clips": excluded,
                **{k: v for k, v in history[-1].items() if k.startswith("val_")}, **final}
