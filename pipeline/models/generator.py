@@ -5,7 +5,8 @@ Read top to bottom:
   skips (16, 32, 64, 128, 256, 512, 512 channels at width 1.0);
 - audio encoder: Wav2Lip's CNN on the 1 x 80 x 16 mel -> D (= 512 at width 1.0);
 - lip encoder: the 5 frames centred on a target, upper half zeroed, [3, 5, S, S]; a Conv3d
-  (kernel 5x7x7) collapses time, then a 2D CNN -> D;
+  (kernel 5x7x7) collapses time, then a 2D CNN -> D (the paper's); or the sync expert's frozen
+  face encoder (`ExpertLipEncoder`, the default recipe: docs/method.md);
 - Audio-Lip Memory (models/memory.py);
 - fusion: concat(audio feature, lip feature read from memory) -> dropout 0.5 -> linear 2D -> D
   (-> ReLU with `fusion: relu`);
@@ -110,8 +111,7 @@ class ExpertLipEncoder(nn.Module):
 
     The paper's lip encoder, trained in a short run by the lip-path decode and the store term,
     encodes who is speaking, not the mouth: on the embedded corpus 98% of its features' variance
-    lies between clips and no linear map from the audio predicts them (docs, "The Audio-Lip
-    Memory"). The expert's face embedding was trained to agree with the audio, so the lip
+    lies between clips and no linear map from the audio predicts them (docs/method.md). The expert's face embedding was trained to agree with the audio, so the lip
     addresses it gives are ones the audio can learn to make. Training only: inference never runs
     a lip encoder."""
 
@@ -221,7 +221,7 @@ class Generator(nn.Module):
         self.identity = IdentityEncoder(img_size, width)
         self.audio = _stack(AUDIO, width, 1)
         # lip_encoder: None = the paper's (trained with the generator); {"kind": "expert", "width",
-        # "input_channels"} = the sync expert's frozen face encoder (its weights: init_lip_from_expert)
+        # "input_channels"} = the sync expert's frozen face encoder (train/generator.py's build copies its weights)
         if lip_encoder is not None and (lip_encoder.get("kind") != "expert" or set(lip_encoder) != {"kind", "width", "input_channels"}):
             raise ValueError(f"lip_encoder must be None or {{kind: expert, width, input_channels}}, got {lip_encoder}")
         if not use_memory:
@@ -237,7 +237,7 @@ class Generator(nn.Module):
         self.audio_drop = float(audio_drop) if use_memory else 0.0
         if fusion not in ("relu", "linear"):
             raise ValueError(f"fusion must be relu or linear, got {fusion!r}")
-        # `linear`: the authors' code; `relu`: this project's first version (a departure, docs)
+        # `linear`: the authors' code; `relu`: this project's (a departure: docs/method.md)
         self.fusion = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * dim, dim), *([nn.ReLU()] if fusion == "relu" else []))
         self.decoder = Decoder(img_size, width, self.identity.channels, dim, residual=output == "residual")
         self.img_size, self.width, self.use_memory, self.dim = img_size, width, use_memory, dim
