@@ -33,6 +33,8 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 	$(BIN)/snakemake --lint
 
 clean-outputs:

@@ -1,5 +1,5 @@
 # The SyncTalkFace pipeline for Snakemake. The same stages run under DVC (dvc.yaml); both read
-# params.yaml, and tests/test_orchestration.py proves that the two graphs agree (DESIGN §3).
+# params.yaml, and tests/test_orchestration.py proves that the two graphs agree (docs/design.md §3).
 #   snakemake --cores all                     run everything (make run does this)
 #   snakemake --profile workflow/profiles/slurm   on a SLURM cluster
 # Change parameters by editing params.yaml (or `python -m pipeline preset NAME`), never with

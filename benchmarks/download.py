@@ -14,6 +14,7 @@ Prints, per size, MB/s of both and their ratio, the extraction rates and the chi
 elsewhere) with its growth over the peak after imports; last, the peak-RSS ratio large/small
 (1.0 = memory flat in file size).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -125,8 +126,9 @@ def peak_rss_kib() -> int:
 
 def child(spec: dict) -> dict:
     """Runs in a fresh process: one measurement, with this process's own peak RSS."""
-    os.environ.update({"LRW_USERNAME": USER, "LRW_PASSWORD": PASSWORD, "NETRC": "/nonexistent",
-                       "NO_PROXY": "127.0.0.1,localhost"})
+    os.environ.update(
+        {"LRW_USERNAME": USER, "LRW_PASSWORD": PASSWORD, "NETRC": "/nonexistent", "NO_PROXY": "127.0.0.1,localhost"}
+    )
     from pipeline.data import download
 
     base_rss = peak_rss_kib()
@@ -145,9 +147,14 @@ def child(spec: dict) -> dict:
     else:
         section = {"source": "download", "root": spec["root"], "url_base": spec["url"], "parts": spec["parts"]}
         record, stats = download.acquire("lrw", section)
-        out = {"bytes": stats["download"]["fetched_bytes"], "download_s": stats["download"]["seconds"],
-               "extract_s": stats["extract"]["seconds"], "extract_bytes": stats["extract"]["bytes"],
-               "files": stats["extract"]["files"], "clips": sum(record["clips"].values())}
+        out = {
+            "bytes": stats["download"]["fetched_bytes"],
+            "download_s": stats["download"]["seconds"],
+            "extract_s": stats["extract"]["seconds"],
+            "extract_bytes": stats["extract"]["bytes"],
+            "files": stats["extract"]["files"],
+            "clips": sum(record["clips"].values()),
+        }
     out.update(peak_rss_kib=peak_rss_kib(), import_rss_kib=base_rss)
     return out
 
@@ -170,8 +177,10 @@ def tarfile_baseline(served: Path, parts: list[dict], dest: Path) -> float:
     from pipeline.data.archive import JoinedParts
 
     started = time.perf_counter()
-    with JoinedParts([served / p["name"] for p in parts]) as raw, \
-            tarfile.open(fileobj=raw, mode="r|*", bufsize=CHUNK) as tar:
+    with (
+        JoinedParts([served / p["name"] for p in parts]) as raw,
+        tarfile.open(fileobj=raw, mode="r|*", bufsize=CHUNK) as tar,
+    ):
         tar.extractall(dest, filter="data")
     seconds = time.perf_counter() - started
     shutil.rmtree(dest)
@@ -216,10 +225,18 @@ def main() -> None:
             httpd = serve(served)
             url = f"http://127.0.0.1:{httpd.server_address[1]}/vgg/"
             try:
-                bare = best([measure({"mode": "bare", "url": url, "parts": parts, "root": str(Path(tmp) / "bare")})
-                             for _ in range(args.repeat)])
-                stage = best([measure({"mode": "stage", "url": url, "parts": parts, "root": str(Path(tmp) / "LRW")})
-                              for _ in range(args.repeat)])
+                bare = best(
+                    [
+                        measure({"mode": "bare", "url": url, "parts": parts, "root": str(Path(tmp) / "bare")})
+                        for _ in range(args.repeat)
+                    ]
+                )
+                stage = best(
+                    [
+                        measure({"mode": "stage", "url": url, "parts": parts, "root": str(Path(tmp) / "LRW")})
+                        for _ in range(args.repeat)
+                    ]
+                )
             finally:
                 httpd.shutdown()
                 httpd.server_close()
@@ -228,19 +245,26 @@ def main() -> None:
             rate = stage["bytes"] / 1e6 / stage["download_s"]
             peak, grown = stage["peak_rss_kib"] / 1024, (stage["peak_rss_kib"] - stage["import_rss_kib"]) / 1024
             peaks.append((mib, peak))
-            print(f"{mib} MiB in {args.parts} parts ({stage['files']} files, {stage['clips']} clips), "
-                  f"best of {args.repeat}:")
+            print(
+                f"{mib} MiB in {args.parts} parts ({stage['files']} files, {stage['clips']} clips), "
+                f"best of {args.repeat}:"
+            )
             print(f"  bare urllib to file (as wget): {bare_rate:7.1f} MB/s")
-            print(f"  stage download (sha256, .part, rename): {rate:7.1f} MB/s  "
-                  f"(ratio stage/bare {rate / bare_rate:.2f})")
+            print(
+                f"  stage download (sha256, .part, rename): {rate:7.1f} MB/s  (ratio stage/bare {rate / bare_rate:.2f})"
+            )
             mb = stage["extract_bytes"] / 1e6
             ex_rate, tar_rate, py_rate = mb / stage["extract_s"], mb / tar_s, mb / py_s
             print(f"  cat parts | tar -x: {tar_rate:7.1f} MB/s")
             print(f"  tarfile stream, data filter only: {py_rate:7.1f} MB/s")
-            print(f"  stage extraction (joined stream, checked members): {ex_rate:7.1f} MB/s  "
-                  f"(ratio stage/tar {ex_rate / tar_rate:.2f}, stage/tarfile {ex_rate / py_rate:.2f})")
-            print(f"  peak RSS {peak:.1f} MiB ({grown:+.1f} MiB over the "
-                  f"{stage['import_rss_kib'] / 1024:.1f} MiB after imports)")
+            print(
+                f"  stage extraction (joined stream, checked members): {ex_rate:7.1f} MB/s  "
+                f"(ratio stage/tar {ex_rate / tar_rate:.2f}, stage/tarfile {ex_rate / py_rate:.2f})"
+            )
+            print(
+                f"  peak RSS {peak:.1f} MiB ({grown:+.1f} MiB over the "
+                f"{stage['import_rss_kib'] / 1024:.1f} MiB after imports)"
+            )
     (small, p_small), (large, p_large) = peaks[0], peaks[-1]
     print(f"peak RSS ratio {large} MiB / {small} MiB archive: {p_large / p_small:.2f} (1.0 = flat in file size)")
 

@@ -8,6 +8,7 @@ time of each, the largest difference between their metrics, and the ratio as its
 
 Run after `make run`: it uses the trained generators and expert in models/ and the store in data/.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,13 +53,17 @@ def main() -> None:
             start = time.perf_counter()
             rows, cross = score_all(ds, store, clips, pairs, systems, scorer_args, samples, 0, workers)
             seconds[name] = time.perf_counter() - start
-        tables[name] = pd.concat([pd.DataFrame(rows).select_dtypes("number"), pd.DataFrame(cross).select_dtypes("number")])
+        tables[name] = pd.concat(
+            [pd.DataFrame(rows).select_dtypes("number"), pd.DataFrame(cross).select_dtypes("number")]
+        )
         print(f"{name} ({workers} process(es)): {seconds[name]:.1f} s")
     a, b = (t.to_numpy(float) for t in tables.values())
     scale = np.maximum(np.abs(a), 1e-9)
     print(f"largest relative difference of a per-clip metric: {np.nanmax(np.abs(a - b) / scale):.2e}")
-    print(f"evaluate scoring: {seconds['one process'] / seconds['one process per core']:.2f}x one process "
-          f"({seconds['one process per core']:.1f} s against {seconds['one process']:.1f} s)")
+    print(
+        f"evaluate scoring: {seconds['one process'] / seconds['one process per core']:.2f}x one process "
+        f"({seconds['one process per core']:.1f} s against {seconds['one process']:.1f} s)"
+    )
 
 
 if __name__ == "__main__":

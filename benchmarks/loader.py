@@ -2,6 +2,7 @@
 style loader built here on the same clips (one jpg per frame on disk; per sample: read 5 jpgs,
 load the wav, compute the whole clip's mel, cut the window), with the same DataLoader settings.
 Prints samples/s in total and per worker, and the ratio (goal >= 20x)."""
+
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,7 @@ class Wav2LipStyle(Dataset):
         wav = audio_io.load_audio(folder / "audio.wav")
         mel = audio_io.melspectrogram(wav)
         m = mel[mel_window(i, n, len(mel))]
-        x = np.concatenate(window, axis=2)[self.size // 2:] / 255.0
+        x = np.concatenate(window, axis=2)[self.size // 2 :] / 255.0
         return torch.from_numpy(x.transpose(2, 0, 1).astype(np.float32)), torch.from_numpy(m.T[None].copy())
 
 

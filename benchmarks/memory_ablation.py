@@ -15,6 +15,7 @@ Each seed trains in a folder of its own under a temporary directory (the project
 not touched); on 2 cores a seed takes about as long as the default run's two generator stages
 plus evaluate.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,13 @@ def project(base: Path, params: dict) -> Path:
 
 def stage(folder: Path, *args: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"}
-    proc = subprocess.run([sys.executable, "-m", "pipeline", *args, "--params", "params.yaml"], cwd=folder, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", *args, "--params", "params.yaml"],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode:
         raise SystemExit(f"{' '.join(args)} in {folder} failed:\n{proc.stderr[-3000:]}")
 
@@ -67,14 +73,28 @@ def results(folder: Path) -> dict:
     rows = {}
     for variant in ("memory", "no_memory"):
         tr = json.loads((folder / f"metrics/train_generator_{variant}.json").read_text())
-        rows[("val", variant)] = {"mouth_l1": tr["final_mouth_l1"], "lmd": None, "within1": tr["final_sync_within1"],
-                                  "lse_c": None, "shuffled_rise": None, "within1_shuffled": None}
+        rows[("val", variant)] = {
+            "mouth_l1": tr["final_mouth_l1"],
+            "lmd": None,
+            "within1": tr["final_sync_within1"],
+            "lse_c": None,
+            "shuffled_rise": None,
+            "within1_shuffled": None,
+        }
         per_clip = _test_within1(folder, variant)
-        rows[("test", variant)] = {"mouth_l1": None, "lmd": ev.get(f"{variant}_lmd"), "within1": per_clip,
-                                   "lse_c": ev.get(f"{variant}_lse_c"), "shuffled_rise": None, "within1_shuffled": None}
+        rows[("test", variant)] = {
+            "mouth_l1": None,
+            "lmd": ev.get(f"{variant}_lmd"),
+            "within1": per_clip,
+            "lse_c": ev.get(f"{variant}_lse_c"),
+            "shuffled_rise": None,
+            "within1_shuffled": None,
+        }
     for split in ("val", "test"):
-        rows[(split, "memory")].update(shuffled_rise=mem[f"{split}_mouth_l1_shuffled_rise"],
-                                       within1_shuffled=mem[f"{split}_within1_readout_shuffled"])
+        rows[(split, "memory")].update(
+            shuffled_rise=mem[f"{split}_mouth_l1_shuffled_rise"],
+            within1_shuffled=mem[f"{split}_within1_readout_shuffled"],
+        )
         if split == "test":
             rows[(split, "memory")]["mouth_l1"] = mem["test_mouth_l1"]
     return rows
@@ -95,10 +115,15 @@ def fmt(v) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="params overrides, e.g. generator.max_steps=600")
-    parser.add_argument("--with-project", action="store_true",
-                        help="take the project's own run (its metrics/, reports/eval/; `make run`) as the seed of its "
-                             "params.yaml instead of training that seed again (without --set only: the same recipe)")
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="params overrides, e.g. generator.max_steps=600"
+    )
+    parser.add_argument(
+        "--with-project",
+        action="store_true",
+        help="take the project's own run (its metrics/, reports/eval/; `make run`) as the seed of its "
+        "params.yaml instead of training that seed again (without --set only: the same recipe)",
+    )
     args = parser.parse_args()
     if args.with_project and args.set:
         parser.error("--with-project reads the project's run of params.yaml as it is: no --set")
@@ -138,14 +163,18 @@ def main() -> None:
         m, n = rows[("test", "memory")], rows[("test", "no_memory")]
         d_w, d_c = m["within1"] - n["within1"], (m["lse_c"] or 0) - (n["lse_c"] or 0)
         better = d_w > 0 and d_c > 0
-        print(f"  seed {seed}: within1 {m['within1']:.3f} vs {n['within1']:.3f} ({d_w:+.3f}), "
-              f"LSE-C {fmt(m['lse_c'])} vs {fmt(n['lse_c'])} ({d_c:+.4f}): {'memory better' if better else 'not better'}")
+        print(
+            f"  seed {seed}: within1 {m['within1']:.3f} vs {n['within1']:.3f} ({d_w:+.3f}), "
+            f"LSE-C {fmt(m['lse_c'])} vs {fmt(n['lse_c'])} ({d_c:+.4f}): {'memory better' if better else 'not better'}"
+        )
         score = min(d_w, d_c)
         if worst is None or score < worst[1]:
             worst = (seed, score, d_w, d_c, better)
     seed, _, d_w, d_c, better = worst
-    print(f"worst seed {seed}: within1 {d_w:+.3f}, LSE-C {d_c:+.4f} (memory - no_memory): "
-          f"{'memory better on every seed' if better else 'memory NOT better on every seed'}")
+    print(
+        f"worst seed {seed}: within1 {d_w:+.3f}, LSE-C {d_c:+.4f} (memory - no_memory): "
+        f"{'memory better on every seed' if better else 'memory NOT better on every seed'}"
+    )
 
 
 if __name__ == "__main__":

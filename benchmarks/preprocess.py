@@ -8,6 +8,7 @@ throughput divided by the cores used (mediapipe runs helper threads; a single pr
 borrow the idle core and flatter both). Prints frames/s per core, the ratio (goal >= 0.7) and the
 projected hours for LRS2 main (~2.6M frames) on a 16-core node (goal <= 0.5 h).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,7 +80,9 @@ def main() -> None:
     print(f"clips: {len(rows)} x {rows[0]['n_frames']} frames, {cores} worker processes, storage {args.storage}")
     print(f"floor (decode + 1 face-mesh pass per frame): {floor:.1f} frames/s per core")
     print(f"preprocess stage:                            {stage:.1f} frames/s per core")
-    print(f"projected LRS2 main (2.6M frames) on a 16-core node: {hours:.2f} h (goal <= 0.5 h, >= 90 frames/s per core)")
+    print(
+        f"projected LRS2 main (2.6M frames) on a 16-core node: {hours:.2f} h (goal <= 0.5 h, >= 90 frames/s per core)"
+    )
     print(f"ratio stage/floor: {stage / floor:.2f} (goal >= 0.7)")
 
 

@@ -9,6 +9,7 @@ seed of each, and the ratio of the worst recipe accuracy to the worst baseline a
     .venv/bin/python benchmarks/sync_expert.py [--seeds 0 1 2] [--steps N] [--no-baseline]
                                                [--set sync_expert.lr=1e-3 ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,10 +43,18 @@ def train_one(view: dict, seed: int, keep: str | None = None) -> dict:
             Path(keep).mkdir(parents=True, exist_ok=True)
             shutil.copy2(Path(work) / "best.pt", Path(keep) / f"expert-seed{seed}.pt")
     best = done["best"]
-    return {"seed": seed, "val_acc": best["val_acc"], "val_acc_voiced": best["val_acc_voiced"],
-            "test_acc": test.get("test_acc", float("nan")), "test_acc_voiced": test.get("test_acc_voiced", float("nan")),
-            "val_auc": best.get("val_auc", float("nan")), "test_auc": test.get("test_auc", float("nan")),
-            "best_step": best["step"], "steps": done["step"], "seconds": seconds}
+    return {
+        "seed": seed,
+        "val_acc": best["val_acc"],
+        "val_acc_voiced": best["val_acc_voiced"],
+        "test_acc": test.get("test_acc", float("nan")),
+        "test_acc_voiced": test.get("test_acc_voiced", float("nan")),
+        "val_auc": best.get("val_auc", float("nan")),
+        "test_auc": test.get("test_auc", float("nan")),
+        "best_step": best["step"],
+        "steps": done["step"],
+        "seconds": seconds,
+    }
 
 
 def _value(text: str):
@@ -59,13 +68,18 @@ def report(name: str, rows: list[dict]) -> dict:
     print(f"{name}:")
     print("  seed  val_acc  val_voiced  val_auc  test_acc  test_voiced  test_auc  best_step  steps  seconds")
     for r in rows:
-        print(f"  {r['seed']:>4}  {r['val_acc']:7.3f}  {r['val_acc_voiced']:10.3f}  {r['val_auc']:7.3f}  {r['test_acc']:8.3f}  "
-              f"{r['test_acc_voiced']:11.3f}  {r['test_auc']:8.3f}  {r['best_step']:>9}  {r['steps']:>5}  {r['seconds']:7.1f}")
+        print(
+            f"  {r['seed']:>4}  {r['val_acc']:7.3f}  {r['val_acc_voiced']:10.3f}  {r['val_auc']:7.3f}  "
+            f"{r['test_acc']:8.3f}  {r['test_acc_voiced']:11.3f}  {r['test_auc']:8.3f}  {r['best_step']:>9}  "
+            f"{r['steps']:>5}  {r['seconds']:7.1f}"
+        )
     worst = {k: min(r[k] for r in rows) for k in ("val_acc", "val_acc_voiced", "test_acc", "test_acc_voiced")}
     worst["seconds"] = max(r["seconds"] for r in rows)
-    print(f"  worst: val_acc {worst['val_acc']:.3f}, val_acc_voiced {worst['val_acc_voiced']:.3f}, "
-          f"test_acc {worst['test_acc']:.3f}, test_acc_voiced {worst['test_acc_voiced']:.3f}, "
-          f"slowest {worst['seconds']:.1f} s")
+    print(
+        f"  worst: val_acc {worst['val_acc']:.3f}, val_acc_voiced {worst['val_acc_voiced']:.3f}, "
+        f"test_acc {worst['test_acc']:.3f}, test_acc_voiced {worst['test_acc_voiced']:.3f}, "
+        f"slowest {worst['seconds']:.1f} s"
+    )
     return worst
 
 
@@ -74,8 +88,13 @@ def main():
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=None, help="max_steps (default: the params')")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a sync_expert param of the recipe, e.g. sync_expert.lr=1e-3")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a sync_expert param of the recipe, e.g. sync_expert.lr=1e-3",
+    )
     ap.add_argument("--keep", metavar="DIR", help="copy each seed's best checkpoint to DIR")
     ap.add_argument("--no-baseline", action="store_true", help="train the recipe only (no ratio)")
     args = ap.parse_args()
@@ -98,8 +117,10 @@ def main():
         return
     base_view = {**view, "sync_expert": {**view["sync_expert"], **BASELINE}}
     base = report(f"baseline (Wav2Lip plain: {BASELINE})", [train_one(base_view, s) for s in args.seeds])
-    print(f"worst-seed val accuracy (voiced) {ours['val_acc_voiced']:.3f} vs baseline {base['val_acc_voiced']:.3f}: "
-          f"{ours['val_acc_voiced'] / max(base['val_acc_voiced'], 1e-9):.2f}x")
+    print(
+        f"worst-seed val accuracy (voiced) {ours['val_acc_voiced']:.3f} vs baseline {base['val_acc_voiced']:.3f}: "
+        f"{ours['val_acc_voiced'] / max(base['val_acc_voiced'], 1e-9):.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ variant's default-size step with `amp` off (fp32): the last line is autocast's s
 
     .venv/bin/python benchmarks/train_step.py [--steps 5] [--paper-steps 2] [--skip-paper]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def measure(size: int, width: float, batch: int, frames: int, variant: str, steps: int,
-            layout: str = "channels_last", amp: bool = True) -> dict:
+def measure(
+    size: int,
+    width: float,
+    batch: int,
+    frames: int,
+    variant: str,
+    steps: int,
+    layout: str = "channels_last",
+    amp: bool = True,
+) -> dict:
     import resource
 
     import torch
@@ -37,8 +46,13 @@ def measure(size: int, width: float, batch: int, frames: int, variant: str, step
     from pipeline.train import loop
 
     torch.set_num_threads(available_cores())
-    cfg = {**config.load(ROOT / "params.yaml")["generator"], "width": width, "batch_size": batch, "frames": frames,
-           "gan_warmup": 0}
+    cfg = {
+        **config.load(ROOT / "params.yaml")["generator"],
+        "width": width,
+        "batch_size": batch,
+        "frames": frames,
+        "gan_warmup": 0,
+    }
     view = {"data": {"dataset": "embedded"}, "preprocess": {"img_size": size}, "generator": cfg}
     rt = loop.setup(amp=cfg["amp"] and amp)
     expert = SyncNet(size, 0.25).to(rt.device).eval()
@@ -51,9 +65,13 @@ def measure(size: int, width: float, batch: int, frames: int, variant: str, step
             p.data = p.data.contiguous()
     g = torch.Generator().manual_seed(0)
     r = lambda *s: (torch.rand(*s, generator=g) * 2 - 1).to(rt.device)
-    batch = {"target": r(batch, frames, 3, size, size), "masked": r(batch, frames, 3, size, size),
-             "reference": r(batch, frames, 3, size, size), "mel": r(batch, frames, 1, 80, 16) * 4,
-             "lip": r(batch, frames, 3, 5, size, size)}
+    batch = {
+        "target": r(batch, frames, 3, size, size),
+        "masked": r(batch, frames, 3, size, size),
+        "reference": r(batch, frames, 3, size, size),
+        "mel": r(batch, frames, 1, 80, 16) * 4,
+        "lip": r(batch, frames, 3, 5, size, size),
+    }
     state.step_on(batch, use_gan=True)  # warm-up step excluded
     if rt.device.type == "cuda":
         torch.cuda.synchronize()
@@ -67,9 +85,14 @@ def measure(size: int, width: float, batch: int, frames: int, variant: str, step
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS, MiB
     seconds = time.perf_counter() - start
-    return {"device": rt.device_name, "precision": rt.precision, "samples_per_s": steps * cfg["batch_size"] / seconds,
-            "frames_per_s": steps * cfg["batch_size"] * frames / seconds, "peak_mib": peak,
-            "params_g": sum(p.numel() for p in state.g.parameters())}
+    return {
+        "device": rt.device_name,
+        "precision": rt.precision,
+        "samples_per_s": steps * cfg["batch_size"] / seconds,
+        "frames_per_s": steps * cfg["batch_size"] * frames / seconds,
+        "peak_mib": peak,
+        "params_g": sum(p.numel() for p in state.g.parameters()),
+    }
 
 
 def run_child(args: list[str]) -> dict:
@@ -84,8 +107,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--paper-steps", type=int, default=2)
     ap.add_argument("--skip-paper", action="store_true")
-    ap.add_argument("--child", nargs=8,
-                    metavar=("SIZE", "WIDTH", "BATCH", "FRAMES", "VARIANT", "STEPS", "LAYOUT", "AMP"))
+    ap.add_argument(
+        "--child", nargs=8, metavar=("SIZE", "WIDTH", "BATCH", "FRAMES", "VARIANT", "STEPS", "LAYOUT", "AMP")
+    )
     a = ap.parse_args()
     if a.child:
         s, w, b, t, v, n, layout, amp = a.child
@@ -94,34 +118,45 @@ def main() -> None:
     from pipeline import config
 
     cfg = config.load(ROOT / "params.yaml")
-    size, width, batch, frames = (cfg["preprocess"]["img_size"], cfg["generator"]["width"],
-                                  cfg["generator"]["batch_size"], cfg["generator"]["frames"])
+    size, width, batch, frames = (
+        cfg["preprocess"]["img_size"],
+        cfg["generator"]["width"],
+        cfg["generator"]["batch_size"],
+        cfg["generator"]["frames"],
+    )
     configs = [("default", size, width, batch, frames, a.steps)]
     amp_ratio = None
     if not a.skip_paper:
         configs.append(("paper", 128, 1.0, 40, 5, a.paper_steps))
     ratios = []
     for name, s, w, b, t, n in configs:
-        res = {v: run_child([str(s), str(w), str(b), str(t), v, str(n), "channels_last", "amp"])
-               for v in ("memory", "no_memory")}
+        res = {
+            v: run_child([str(s), str(w), str(b), str(t), v, str(n), "channels_last", "amp"])
+            for v in ("memory", "no_memory")
+        }
         for v, r in res.items():
-            print(f"{name:8s} {s}px width {w} batch {b} T {t} {v:9s} on {r['device']} ({r['precision']}): "
-                  f"{r['samples_per_s']:.2f} "
-                  f"samples/s ({r['frames_per_s']:.1f} frames/s), peak {r['peak_mib']:.0f} MiB, "
-                  f"{r['params_g'] / 1e6:.1f} M generator parameters")
+            print(
+                f"{name:8s} {s}px width {w} batch {b} T {t} {v:9s} on {r['device']} ({r['precision']}): "
+                f"{r['samples_per_s']:.2f} "
+                f"samples/s ({r['frames_per_s']:.1f} frames/s), peak {r['peak_mib']:.0f} MiB, "
+                f"{r['params_g'] / 1e6:.1f} M generator parameters"
+            )
         ratios.append((name, res["memory"]["samples_per_s"] / res["no_memory"]["samples_per_s"]))
         if name == "default":
             nchw = run_child([str(s), str(w), str(b), str(t), "memory", str(n), "nchw", "amp"])
-            print(f"{name:8s} {s}px width {w} batch {b} T {t} memory    NCHW weights: {nchw['samples_per_s']:.2f} "
-                  f"samples/s, peak {nchw['peak_mib']:.0f} MiB")
+            print(
+                f"{name:8s} {s}px width {w} batch {b} T {t} memory    NCHW weights: {nchw['samples_per_s']:.2f} "
+                f"samples/s, peak {nchw['peak_mib']:.0f} MiB"
+            )
             layout_ratio = res["memory"]["samples_per_s"] / nchw["samples_per_s"]
             if res["memory"]["precision"] != "fp32":
                 fp32 = run_child([str(s), str(w), str(b), str(t), "memory", str(n), "channels_last", "fp32"])
-                print(f"{name:8s} {s}px width {w} batch {b} T {t} memory    fp32 (amp off): "
-                      f"{fp32['samples_per_s']:.2f} samples/s, peak {fp32['peak_mib']:.0f} MiB")
+                print(
+                    f"{name:8s} {s}px width {w} batch {b} T {t} memory    fp32 (amp off): "
+                    f"{fp32['samples_per_s']:.2f} samples/s, peak {fp32['peak_mib']:.0f} MiB"
+                )
                 amp_ratio = (res["memory"]["precision"], res["memory"]["samples_per_s"] / fp32["samples_per_s"])
-    print("memory variant speed relative to the no_memory baseline: " +
-          ", ".join(f"{n} {r:.2f}x" for n, r in ratios))
+    print("memory variant speed relative to the no_memory baseline: " + ", ".join(f"{n} {r:.2f}x" for n, r in ratios))
     print(f"channels-last layout speed relative to NCHW (default size, memory variant): {layout_ratio:.2f}x")
     if amp_ratio:
         print(f"{amp_ratio[0]} autocast speed relative to fp32 (default size, memory variant): {amp_ratio[1]:.2f}x")

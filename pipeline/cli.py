@@ -1,4 +1,5 @@
-"""Command line: one subcommand per stage plus helpers. Argument parsing only."""
+"""Command line: one subcommand per stage plus helpers, and the stage runner (logging, fingerprint, MLflow run)."""
+
 from __future__ import annotations
 
 import argparse
@@ -46,18 +47,29 @@ def _stage_inputs(stage: str, view: dict, args) -> list:
     if stage == "sync_check":
         return [paths.processed_index(ds), *shard_metas, paths.model_dir("sync_expert") / "expert.pt"]
     if stage == "train_generator":
-        return [paths.processed_index(ds), *shard_metas, paths.model_dir("sync_expert") / "expert.pt",
-                paths.sync_check_dir(ds) / "offsets.parquet"]
+        return [
+            paths.processed_index(ds),
+            *shard_metas,
+            paths.model_dir("sync_expert") / "expert.pt",
+            paths.sync_check_dir(ds) / "offsets.parquet",
+        ]
     if stage == "evaluate":
-        return [paths.processed_index(ds), *shard_metas, paths.model_dir("sync_expert") / "expert.pt",
-                paths.sync_check_dir(ds) / "offsets.parquet",
-                *[paths.model_dir("generator") / v / "generator.pt" for v in view["generator"]["variants"]]]
+        return [
+            paths.processed_index(ds),
+            *shard_metas,
+            paths.model_dir("sync_expert") / "expert.pt",
+            paths.sync_check_dir(ds) / "offsets.parquet",
+            *[paths.model_dir("generator") / v / "generator.pt" for v in view["generator"]["variants"]],
+        ]
     return []
 
 
 def _summary_items(summary: dict) -> list[tuple[str, object]]:
-    return [(k, v) for k, v in config.flatten(summary).items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith(("params.", "build_"))]
+    return [
+        (k, v)
+        for k, v in config.flatten(summary).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith(("params.", "build_"))
+    ]
 
 
 def _run_stage(name: str, args) -> int:
@@ -74,9 +86,15 @@ def _run_stage(name: str, args) -> int:
     launched, restarts = runtime.launcher_env(), runtime.slurm_restarts()
     runtime.setup_logging(args.log, append=(launched is not None and launched[1] > 1) or restarts > 0)
     if os.environ.get("SLURM_JOB_ID"):
-        log.info("%s: SLURM job %s (restart %d, task %s of %s) on %s", name, os.environ["SLURM_JOB_ID"],
-                 restarts, os.environ.get("SLURM_PROCID", "0"), os.environ.get("SLURM_NTASKS", "1"),
-                 socket.gethostname())
+        log.info(
+            "%s: SLURM job %s (restart %d, task %s of %s) on %s",
+            name,
+            os.environ["SLURM_JOB_ID"],
+            restarts,
+            os.environ.get("SLURM_PROCID", "0"),
+            os.environ.get("SLURM_NTASKS", "1"),
+            socket.gethostname(),
+        )
     module = importlib.import_module(RUNNERS[name])
     extra = {"shard": args.shard} if name == "preprocess" else {}
     run_name = f"{name}-{args.shard}" if name == "preprocess" else name
@@ -143,10 +161,15 @@ def _import_expert(args) -> int:
     if not path.is_file():
         raise PipelineError(f"{path} does not exist")
     import_wav2lip(path)  # raises with the reason when the layout differs
-    config.update_params(args.params, {"sync_expert": {"pretrained": str(path)}, "preprocess": {"img_size": 96}},
-                         f"import-expert {path.name}")
-    print(f"{path} loads as Wav2Lip's SyncNet (strict); params.yaml now sets sync_expert.pretrained to it "
-          f"(and preprocess.img_size to 96): run the pipeline to use it")
+    config.update_params(
+        args.params,
+        {"sync_expert": {"pretrained": str(path)}, "preprocess": {"img_size": 96}},
+        f"import-expert {path.name}",
+    )
+    print(
+        f"{path} loads as Wav2Lip's SyncNet (strict); params.yaml now sets sync_expert.pretrained to it "
+        f"(and preprocess.img_size to 96): run the pipeline to use it"
+    )
     return 0
 
 
@@ -165,12 +188,16 @@ def _infer(args) -> int:
     runtime.setup_logging(args.log)
     checkpoint = Path(args.checkpoint or default_checkpoint())
     if not checkpoint.is_file():  # before decoding anything
-        raise PipelineError(f"--checkpoint {checkpoint}: generator checkpoint not found (train it with "
-                            f"train_generator, or run infer from the project's folder)")
+        raise PipelineError(
+            f"--checkpoint {checkpoint}: generator checkpoint not found (train it with "
+            f"train_generator, or run infer from the project's folder)"
+        )
     summary = infer(Path(args.face), Path(args.audio), checkpoint, Path(args.output), batch=args.batch)
-    line = (f"infer: {args.output}: {summary['frames']} frames ({summary['seconds_of_audio']} s) in "
-            f"{summary['wall_seconds']} s, {summary['frames_per_second']} frames/s; "
-            f"{summary['frames_without_face']} frames without a face copied through")
+    line = (
+        f"infer: {args.output}: {summary['frames']} frames ({summary['seconds_of_audio']} s) in "
+        f"{summary['wall_seconds']} s, {summary['frames_per_second']} frames/s; "
+        f"{summary['frames_without_face']} frames without a face copied through"
+    )
     log.info(line)
     print(line)
     return 0
@@ -212,8 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
         if spec.name == "preprocess":
             p.add_argument("--shard", type=int, required=True, help="the shard to process (one of preprocess.shards)")
         if spec.name == "train_generator":
-            p.add_argument("--variant", required=True, choices=VARIANTS,
-                           help="memory (SyncTalkFace) or no_memory (the ablation); one of generator.variants")
+            p.add_argument(
+                "--variant",
+                required=True,
+                choices=VARIANTS,
+                help="memory (SyncTalkFace) or no_memory (the ablation); one of generator.variants",
+            )
         p.set_defaults(func=lambda a, n=spec.name: _run_stage(n, a))
     p = sub.add_parser("preset", help="merge workflow/presets/NAME.yaml into params.yaml and validate")
     p.add_argument("name", help=f"one of: {', '.join(config.preset_names())}")
@@ -229,7 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("infer", help="lip-sync a face video or photo to a speech file (an mp4 out)")
     p.add_argument("--face", required=True, help="a video (any fps) or a still image with a face")
     p.add_argument("--audio", required=True, help="speech: wav/mp3/m4a or a video's audio track")
-    p.add_argument("--checkpoint", default=None, help="generator checkpoint (default models/generator/memory/generator.pt)")
+    p.add_argument(
+        "--checkpoint", default=None, help="generator checkpoint (default models/generator/memory/generator.pt)"
+    )
     p.add_argument("-o", "--output", required=True, help="the output .mp4")
     p.add_argument("--batch", type=_positive_int, default=32, help="frames generated per batch")
     p.add_argument("--log", default=None)

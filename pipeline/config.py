@@ -1,16 +1,18 @@
 """Load params.yaml, validate it against the schema, give each stage only what it declared.
 
-params.yaml is the one truth (DESIGN §3). Every command calls `load()` before doing any work;
+params.yaml is the one truth (docs/design.md §3). Every command calls `load()` before doing any work;
 a stage then works on `stage_view(params, spec)`, which holds only the dotted keys the stage
 declared in `pipeline.stages`, so an undeclared read fails loudly instead of escaping the
 orchestrators' change detection.
 """
+
 from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
@@ -75,14 +77,19 @@ def _check_semantics(params: dict, source: str) -> None:
     """Rules a JSON schema states badly: they get messages that say what to do."""
     shards = params["preprocess"]["shards"]
     if shards != list(range(len(shards))):
-        raise ConfigError(f"{source}: preprocess.shards must be [0, 1, ..., n-1] (got {shards}); "
-                          f"for {len(shards)} shards write {list(range(len(shards)))}")
+        raise ConfigError(
+            f"{source}: preprocess.shards must be [0, 1, ..., n-1] (got {shards}); "
+            f"for {len(shards)} shards write {list(range(len(shards)))}"
+        )
     ds = params["data"]["dataset"]
     if ds in ("lrw", "lrs2"):
         section = params["data"][ds]
         if not section["root"]:
-            what = ("the folder that holds your copy" if section["source"] == "local"
-                    else f"the folder to download {ds.upper()} into")
+            what = (
+                "the folder that holds your copy"
+                if section["source"] == "local"
+                else f"the folder to download {ds.upper()} into"
+            )
             raise ConfigError(
                 f"{source}: data.{ds}.root is null, but data.dataset is {ds} with source {section['source']}: "
                 f"set data.{ds}.root to {what}"

@@ -6,6 +6,7 @@ on PATH. When that is not the project's environment (Snakemake or DVC started as
 fail half-way with a bare ModuleNotFoundError from a lazy import. This check looks up every
 runtime requirement of pyproject.toml (without importing it) and names what is missing.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -15,9 +16,14 @@ from pathlib import Path
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 # distribution name (PEP 503 normalised) -> module to look for, where they differ
-IMPORT_NAMES = {"pyyaml": "yaml", "ruamel-yaml": "ruamel.yaml", "scikit-image": "skimage",
-                "imageio-ffmpeg": "imageio_ffmpeg", "espeakng-loader": "espeakng_loader",
-                "protobuf": "google.protobuf"}
+IMPORT_NAMES = {
+    "pyyaml": "yaml",
+    "ruamel-yaml": "ruamel.yaml",
+    "scikit-image": "skimage",
+    "imageio-ffmpeg": "imageio_ffmpeg",
+    "espeakng-loader": "espeakng_loader",
+    "protobuf": "google.protobuf",
+}
 # what the stage commands never import: the orchestrators themselves (a SLURM job or `python -m
 # pipeline infer` runs without them)
 NOT_NEEDED = ("snakemake", "snakemake-executor-plugin-slurm", "dvc")
@@ -33,8 +39,10 @@ def project_table_by_pattern(text: str) -> dict:
     supports). Expects the array's closing bracket at the start of a line, as pyproject.toml has it."""
     deps = re.search(r"^dependencies\s*=\s*\[(.*?)^\]", text, re.S | re.M)
     py = re.search(r"^requires-python\s*=\s*\"([^\"]*)\"", text, re.M)
-    return {"dependencies": re.findall(r"\"([^\"]+)\"", deps.group(1)) if deps else [],
-            "requires-python": py.group(1) if py else ""}
+    return {
+        "dependencies": re.findall(r"\"([^\"]+)\"", deps.group(1)) if deps else [],
+        "requires-python": py.group(1) if py else "",
+    }
 
 
 def _project_table(text: str) -> dict:
@@ -83,12 +91,17 @@ def python_ok(spec: str, version: tuple = tuple(sys.version_info[:2])) -> bool:
 
 def message(absent: list[str], python_spec: str = "") -> str:
     version = sys.version.split()[0]
-    what = f"is Python {version}, the project needs {python_spec}" if python_spec else \
-        f"lacks {len(absent)} of the project's requirements (pyproject.toml): {', '.join(absent)}"
-    return (f"python -m pipeline: this interpreter ({sys.executable}, Python {version}) {what}.\n"
-            "The stage commands of Snakemake and DVC run the `python` first on PATH: put the project's "
-            "environment first (`source .venv/bin/activate` after `make venv`, or `conda activate synctalkface`), "
-            "or run the pipeline with `make run`.")
+    what = (
+        f"is Python {version}, the project needs {python_spec}"
+        if python_spec
+        else f"lacks {len(absent)} of the project's requirements (pyproject.toml): {', '.join(absent)}"
+    )
+    return (
+        f"python -m pipeline: this interpreter ({sys.executable}, Python {version}) {what}.\n"
+        "The stage commands of Snakemake and DVC run the `python` first on PATH: put the project's "
+        "environment first (`source .venv/bin/activate` after `make venv`, or `conda activate synctalkface`), "
+        "or run the pipeline with `make run`."
+    )
 
 
 def check() -> None:

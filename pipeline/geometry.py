@@ -1,6 +1,7 @@
 """Where things are in an aligned face crop (fractions of the crop size), shared by
 preprocessing (which puts them there), the generator (which blurs the mouth region of its
 starting frame) and evaluation (which scores the mouth region)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -11,6 +11,7 @@ training used (pipeline.io.align, through evaluate.generate.mel_windows); the ge
 warped back and pasted over the lower face with a feathered mask. Frames where the face is not
 found are copied through unchanged and counted. Written as H.264 + AAC at 25 fps, atomically.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,10 +24,11 @@ import numpy as np
 from .errors import PipelineError
 from .io import audio as audio_io
 from .io import ffmpeg
+from .io.align import FPS
+from .io.audio import SAMPLE_RATE
 
 log = logging.getLogger("pipeline.infer")
-FPS = 25
-SAMPLES_PER_FRAME = 16000 // FPS
+SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
@@ -73,11 +75,11 @@ def ping_pong(frames: np.ndarray, n: int) -> np.ndarray:
 def read_speech(path: Path) -> np.ndarray:
     _check_file("--audio", path)
     try:
-        wav = ffmpeg.read_audio(path, 16000)
+        wav = ffmpeg.read_audio(path, SAMPLE_RATE)
     except Exception as exc:
         raise PipelineError(f"--audio {path}: no readable audio stream ({_reason(exc)})") from None
     if len(wav) < 5 * SAMPLES_PER_FRAME:
-        raise PipelineError(f"--audio {path}: too short ({len(wav) / 16000:.2f} s; at least 0.2 s is needed)")
+        raise PipelineError(f"--audio {path}: too short ({len(wav) / SAMPLE_RATE:.2f} s; at least 0.2 s is needed)")
     if np.sqrt(np.mean(wav.astype(np.float64) ** 2)) < 1e-4:
         raise PipelineError(f"--audio {path}: silent (no speech to lip-sync to)")
     return wav
@@ -132,21 +134,29 @@ def infer(face: Path, speech: Path, checkpoint: Path, out: Path, batch: int = 32
     refs = crop if is_image else gen.reference_frames(crop)
     generated = np.empty_like(crop)
     for s in tqdm(range(0, n, batch), desc="infer", unit="batch", disable=None):
-        generated[s:s + batch] = gen.generate(model, crop[s:s + batch], mels[s:s + batch], refs[s:s + batch], batch)
+        generated[s : s + batch] = gen.generate(
+            model, crop[s : s + batch], mels[s : s + batch], refs[s : s + batch], batch
+        )
     mask = lower_face_mask(size)
     h, w = frames.shape[1:3]
     result = frames.copy()
     for i in np.nonzero(found)[0]:
         m = transforms[i]
-        back = cv2.warpAffine(generated[i], m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                              borderMode=cv2.BORDER_REPLICATE)
+        back = cv2.warpAffine(
+            generated[i], m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
+        )
         alpha = cv2.warpAffine(mask, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)[..., None]
         result[i] = np.clip(frames[i] * (1 - alpha) + back * alpha + 0.5, 0, 255).astype(np.uint8)
     out.parent.mkdir(parents=True, exist_ok=True)
-    ffmpeg.write_mp4(out, result, FPS, wav, 16000)  # temporary name, renamed when complete
+    ffmpeg.write_mp4(out, result, FPS, wav, SAMPLE_RATE)  # temporary name, renamed when complete
     seconds = time.time() - started
-    summary = {"frames": n, "seconds_of_audio": round(len(wav) / 16000, 2), "frames_without_face": int((~found).sum()),
-               "wall_seconds": round(seconds, 1), "frames_per_second": round(n / max(seconds, 1e-9), 1)}
+    summary = {
+        "frames": n,
+        "seconds_of_audio": round(len(wav) / SAMPLE_RATE, 2),
+        "frames_without_face": int((~found).sum()),
+        "wall_seconds": round(seconds, 1),
+        "frames_per_second": round(n / max(seconds, 1e-9), 1),
+    }
     return summary
 
 

@@ -10,6 +10,7 @@ face mesh: the first frame with a face) file descriptor 2 goes to a temporary fi
 that is not one of those known notices is written to stderr as it was, so no real error is lost
 (an exit inside that window writes them back too).
 """
+
 from __future__ import annotations
 
 import atexit
@@ -19,8 +20,12 @@ import tempfile
 import threading
 from contextlib import contextmanager
 
-NOTICES = ("Created TensorFlow Lite XNNPACK delegate", "All log messages before absl::InitializeLog()",
-           "inference_feedback_manager.cc", "landmark_projection_calculator.cc")
+NOTICES = (
+    "Created TensorFlow Lite XNNPACK delegate",
+    "All log messages before absl::InitializeLog()",
+    "inference_feedback_manager.cc",
+    "landmark_projection_calculator.cc",
+)
 
 
 class _Window:
@@ -64,8 +69,11 @@ class _Window:
         os.dup2(self.saved_fd, 2)
         os.close(self.saved_fd)
         self.captured.seek(0)
-        kept = [line for line in self.captured.read().decode(errors="replace").splitlines(keepends=True)
-                if not any(n in line for n in NOTICES)]
+        kept = [
+            line
+            for line in self.captured.read().decode(errors="replace").splitlines(keepends=True)
+            if not any(n in line for n in NOTICES)
+        ]
         self.captured.close()
         if kept:
             sys.stderr.write("".join(kept))
@@ -88,8 +96,10 @@ def native_notices_dropped():
 def _models_ran(result) -> bool:
     """Whether every model of the graph has run: a face mesh runs its landmark model (and prints
     that model's notices) only on the first frame where its detector finds a face."""
-    return bool(getattr(result, "multi_face_landmarks", None) or getattr(result, "detections", None)) \
+    return (
+        bool(getattr(result, "multi_face_landmarks", None) or getattr(result, "detections", None))
         or getattr(result, "segmentation_mask", None) is not None
+    )
 
 
 class Quiet:

@@ -1,4 +1,5 @@
-"""Where each stage writes (DESIGN §3: one folder per stage). Paths are repo-relative."""
+"""Where each stage writes (docs/design.md §3: one folder per stage). Paths are repo-relative."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,7 +31,7 @@ def log(stage: str) -> Path:
 
 
 def work_dir(stage: str, fingerprint: str) -> Path:
-    """Resumable state outside declared outputs (DESIGN §3)."""
+    """Resumable state outside declared outputs (docs/design.md §3)."""
     return Path("work") / stage / fingerprint
 
 

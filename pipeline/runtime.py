@@ -1,4 +1,5 @@
 """What a stage needs from its surroundings: cores, logging, fingerprints, atomic writes."""
+
 from __future__ import annotations
 
 import contextlib
@@ -8,8 +9,8 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 log = logging.getLogger("pipeline")
 
@@ -34,8 +35,15 @@ def available_cores() -> int:
 
 # every numeric library's thread-count variable: OpenMP (torch's intra-op pool, oneDNN), MKL,
 # OpenBLAS/GotoBLAS and BLIS (numpy), Accelerate, numexpr
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
-               "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "GOTO_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
 THREADS_VAR = "PIPELINE_THREADS"  # the count this process pinned (read by threads())
 
 
@@ -94,7 +102,7 @@ def launcher_env() -> tuple[int, int, int] | None:
 
 def launcher_rank() -> int:
     """This process's rank when torchrun or srun started several (0 otherwise): only rank 0
-    writes outputs and MLflow runs (DESIGN §7)."""
+    writes outputs and MLflow runs (docs/design.md §7)."""
     env = launcher_env()
     return env[0] if env else 0
 
@@ -138,7 +146,10 @@ def slurm_requeue() -> bool:
 def slurm_master() -> tuple[str, int] | None:
     """DDP rendezvous for tasks started by srun: the job's first node and a port derived from the
     job id (the same on every task without any exchange); None outside a multi-task SLURM step."""
-    job, nodes = os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
+    job, nodes = (
+        os.environ.get("SLURM_JOB_ID"),
+        os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST"),
+    )
     if not job or not nodes or int(os.environ.get("SLURM_NTASKS", "1")) < 2:
         return None
     return first_host(nodes), 20000 + int(job) % 20000

@@ -4,6 +4,7 @@ One place for both orchestrators' change detection: the Snakefile builds each ru
 and code `input:` from here, `dvc.yaml` lists the same (tests/test_orchestration.py proves
 they agree), and the CLI gives a stage only the params it declares here.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -162,7 +163,8 @@ STAGES: dict[str, StageSpec] = {
                 "pipeline/geometry.py",
                 "pipeline/io/audio.py",
             ),
-            summary="PSNR, SSIM, LMD, LSE-D, LSE-C of every variant, the ground truth and the composite baseline; the memory analysis (metrics/memory.json)",
+            summary="PSNR, SSIM, LMD, LSE-D, LSE-C of every variant, the ground truth and the composite baseline; "
+            "the memory analysis (metrics/memory.json)",
         ),
         StageSpec(
             name="demo",

@@ -1,4 +1,4 @@
-"""MLflow conventions in one place (DESIGN §7).
+"""MLflow conventions in one place (docs/design.md §7).
 
 One experiment per dataset, one run per stage execution named `<stage>-<fingerprint[:7]>`,
 tagged with git commit and dirty flag, input fingerprint, dataset, device and variant. The
@@ -7,6 +7,7 @@ store is the main repository's (`sqlite:///<main repo>/mlflow.db`, artifacts in
 workspaces log to the same place. MLFLOW_TRACKING_URI overrides. Only the process that calls
 `stage_run` writes (single process, DDP rank 0, or the gather stage).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -80,8 +81,11 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k[:250], float(v), now, step or 0) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v]
+        items = [
+            Metric(k[:250], float(v), now, step or 0)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+        ]
         if items:
             self._client().log_batch(self.run_id, metrics=items)
 
@@ -117,17 +121,22 @@ def run_of_model(path: str | Path, stage: str) -> str:
 
         sha = file_sha256(path)
         mlflow.set_tracking_uri(tracking_uri())
-        runs = mlflow.search_runs(search_all_experiments=True, output_format="list", max_results=1,
-                                  filter_string=f"tags.stage = '{stage}' and tags.model_sha256 = '{sha}'",
-                                  order_by=["start_time DESC"])
+        runs = mlflow.search_runs(
+            search_all_experiments=True,
+            output_format="list",
+            max_results=1,
+            filter_string=f"tags.stage = '{stage}' and tags.model_sha256 = '{sha}'",
+            order_by=["start_time DESC"],
+        )
         return runs[0].info.run_id if runs else "none"
     except Exception:  # noqa: BLE001
         return "unknown"
 
 
 @contextmanager
-def stage_run(stage: str, dataset: str, params_view: dict, fingerprint: str, tags: dict | None = None,
-              label: str | None = None):
+def stage_run(
+    stage: str, dataset: str, params_view: dict, fingerprint: str, tags: dict | None = None, label: str | None = None
+):
     """An MLflow run for one stage execution; yields a Tracker."""
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     import logging

@@ -1,4 +1,5 @@
 """Shared fixtures: real clips made with ffmpeg, small params, an isolated MLflow store."""
+
 from __future__ import annotations
 
 import os
@@ -48,8 +49,16 @@ def _isolated_mlflow(tmp_path_factory):
         os.environ["MLFLOW_TRACKING_URI"] = old
 
 
-def make_clip(path: Path, n_frames: int = 29, fps: float = 25, size: int = 64, audio: bool = True,
-              sample_rate: int = 16000, channels: int = 1, seed: int = 0) -> Path:
+def make_clip(
+    path: Path,
+    n_frames: int = 29,
+    fps: float = 25,
+    size: int = 64,
+    audio: bool = True,
+    sample_rate: int = 16000,
+    channels: int = 1,
+    seed: int = 0,
+) -> Path:
     """A real H.264/AAC mp4: moving gradient frames and a tone."""
     rng = np.random.default_rng(seed)
     t = np.arange(n_frames)[:, None, None]
@@ -73,8 +82,27 @@ def make_clip(path: Path, n_frames: int = 29, fps: float = 25, size: int = 64, a
     ffmpeg.write_wav(wav, tone, sample_rate)
     silent = path.with_name(path.stem + "_v.mp4")
     ffmpeg.write_mp4(silent, frames, fps)
-    ffmpeg.run_ffmpeg(["-i", str(silent), "-i", str(wav), "-map", "0:v", "-map", "1:a", "-c:v", "copy",
-                       "-c:a", "aac", "-ac", str(channels), "-ar", str(sample_rate), str(path)])
+    ffmpeg.run_ffmpeg(
+        [
+            "-i",
+            str(silent),
+            "-i",
+            str(wav),
+            "-map",
+            "0:v",
+            "-map",
+            "1:a",
+            "-c:v",
+            "copy",
+            "-c:a",
+            "aac",
+            "-ac",
+            str(channels),
+            "-ar",
+            str(sample_rate),
+            str(path),
+        ]
+    )
     wav.unlink()
     silent.unlink()
     return path
@@ -93,19 +121,30 @@ def tiny_params(**embedded) -> dict:
     """The default params at test size: a 7-clip corpus and a sync expert trained for seconds."""
     p = default_params()
     p["data"]["embedded"].update(train_clips=4, val_clips=1, test_clips=2, n_words=3, **embedded)
-    p["sync_expert"].update(width=0.0625, batch_size=16, windows_per_clip=4, max_steps=10, eval_every=5,
-                            val_samples=16, warmup_steps=2)
+    p["sync_expert"].update(
+        width=0.0625, batch_size=16, windows_per_clip=4, max_steps=10, eval_every=5, val_samples=16, warmup_steps=2
+    )
     p["sync_check"]["max_offset"] = 15  # an expert trained for seconds must not exclude the clips
-    p["generator"].update(width=0.125, batch_size=2, max_steps=4, eval_every=2, checkpoint_every=2, gan_warmup=2, sync_warmup=2,
-                          val_samples=4, log_every=1)
+    p["generator"].update(
+        width=0.125,
+        batch_size=2,
+        max_steps=4,
+        eval_every=2,
+        checkpoint_every=2,
+        gan_warmup=2,
+        sync_warmup=2,
+        val_samples=4,
+        log_every=1,
+    )
     return p
 
 
 def run_cli(args: list[str], cwd: Path, env: dict | None = None, check: bool = False) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], cwd=cwd, env=full_env, capture_output=True, text=True
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"pipeline {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -117,8 +156,13 @@ def venv_bin() -> Path:
 
 def copy_repo(dest: Path) -> Path:
     """A temporary copy of the repository's tracked and workflow files, as its own git repo."""
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     for f in files:
         src = REPO / f
         if src.is_file():
@@ -131,8 +175,13 @@ def copy_repo(dest: Path) -> Path:
 
 
 def git_env() -> dict:
-    return {**os.environ, "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
-            "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.invalid"}
+    return {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "test@example.invalid",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "test@example.invalid",
+    }
 
 
 @pytest.fixture(scope="session")
@@ -167,8 +216,16 @@ def lrw_from_corpus(corpus_dir, root, bad=True):
     add("00901", lambda t: t.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(3000)))  # corrupt
     add("00902", lambda t: t.write_bytes(base.read_bytes()[: len(base.read_bytes()) // 2]))  # truncated
     add("00903", lambda t: ffmpeg.write_mp4(t, frames, 25))  # no audio
-    add("00904", lambda t: ffmpeg.run_ffmpeg(["-i", str(base), "-vf", "fps=30", "-c:v", "libx264", "-c:a", "copy", str(t)]))
-    add("00905", lambda t: ffmpeg.run_ffmpeg(["-i", str(base), "-c:v", "copy", "-c:a", "aac", "-ar", "48000", "-ac", "2", str(t)]))
+    add(
+        "00904",
+        lambda t: ffmpeg.run_ffmpeg(["-i", str(base), "-vf", "fps=30", "-c:v", "libx264", "-c:a", "copy", str(t)]),
+    )
+    add(
+        "00905",
+        lambda t: ffmpeg.run_ffmpeg(
+            ["-i", str(base), "-c:v", "copy", "-c:a", "aac", "-ar", "48000", "-ac", "2", str(t)]
+        ),
+    )
     gap = frames.copy()
     gap[8:20] = 0  # 12 faceless frames: longer than max_gap
     add("00906", lambda t: ffmpeg.write_mp4(t, gap, 25, wav, 16000))
@@ -209,14 +266,25 @@ def processed(embedded_corpus, tmp_path_factory):
     return work, params
 
 
-
-
 def expert_params(params: dict) -> dict:
     """The processed LRW copy's params with a small expert that learns its train clips."""
     p = dict(params)
-    p["sync_expert"] = {**params["sync_expert"], **dict(
-        width=0.125, batch_size=32, windows_per_clip=8, max_steps=300, eval_every=100, lr=1e-3, augment=False,
-        patience=10, val_samples=16, log_every=1, warmup_steps=2)}
+    p["sync_expert"] = {
+        **params["sync_expert"],
+        **dict(
+            width=0.125,
+            batch_size=32,
+            windows_per_clip=8,
+            max_steps=300,
+            eval_every=100,
+            lr=1e-3,
+            augment=False,
+            patience=10,
+            val_samples=16,
+            log_every=1,
+            warmup_steps=2,
+        ),
+    }
     return p
 
 
@@ -248,7 +316,9 @@ def run_tool(cmd: list[str], root: Path, check: bool = True, env: dict | None = 
     exe = [str(venv_bin() / cmd[0]), *cmd[1:]]
     proc = subprocess.run(exe, cwd=root, env={**tool_env(root), **(env or {})}, capture_output=True, text=True)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
     return proc
 
 

@@ -1,10 +1,11 @@
-"""A real single-node SLURM cluster for the tests (DESIGN §10): munged, slurmctld and slurmd with a
+"""A real single-node SLURM cluster for the tests (docs/design.md §10): munged, slurmctld and slurmd with a
 temporary config and state folder, started in seconds and stopped by their process ids.
 
 Everything lives under one folder: the munge key and socket, slurm.conf, the state and spool
 folders, the daemons' logs and pid files. `SLURM_CONF` points the SLURM commands at it, so a
 machine's own SLURM setup (if any) is never touched.
 """
+
 from __future__ import annotations
 
 import os
@@ -114,21 +115,34 @@ NodeName={host} CPUs={cpus} RealMemory={mem} State=UNKNOWN
 PartitionName={self.partition} Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """)
 
-    def start(self, timeout: float = 60) -> "Cluster":
+    def start(self, timeout: float = 60) -> Cluster:
         self.write_config()
         r = self.root
         # munged on its default socket: a configless slurmd authenticates before it has the config
         Path(MUNGE_SOCKET).parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["munged", "--force", f"--socket={MUNGE_SOCKET}", f"--key-file={r}/munge/munge.key",
-                        f"--pid-file={r}/munged.pid", f"--log-file={r}/munged.log",
-                        f"--seed-file={r}/munge/munged.seed"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                "munged",
+                "--force",
+                f"--socket={MUNGE_SOCKET}",
+                f"--key-file={r}/munge/munge.key",
+                f"--pid-file={r}/munged.pid",
+                f"--log-file={r}/munged.log",
+                f"--seed-file={r}/munge/munged.seed",
+            ],
+            check=True,
+            capture_output=True,
+        )
         self.pids["munged"] = self._wait_pid(r / "munged.pid", timeout)
         host = socket.gethostname().split(".")[0]
-        port = next(l.split("=")[1] for l in self.conf.read_text().splitlines() if l.startswith("SlurmctldPort="))
+        port = next(ln.split("=")[1] for ln in self.conf.read_text().splitlines() if ln.startswith("SlurmctldPort="))
         # slurmd runs "configless" (it fetches slurm.conf from slurmctld and caches it under
         # /run/slurm/conf), as on many real clusters: commands inside jobs find the config there
         # even when SLURM_CONF is not passed down (the SLURM job-step plugin drops it for srun)
-        starts = {"slurmctld": ["slurmctld", "-f", str(self.conf)], "slurmd": ["slurmd", "--conf-server", f"{host}:{port}"]}
+        starts = {
+            "slurmctld": ["slurmctld", "-f", str(self.conf)],
+            "slurmd": ["slurmd", "--conf-server", f"{host}:{port}"],
+        }
         for daemon in ("slurmctld", "slurmd"):
             proc = subprocess.run(starts[daemon], env={**os.environ, **self.env}, capture_output=True, text=True)
             if proc.returncode != 0:
@@ -142,7 +156,9 @@ PartitionName={self.partition} Nodes={host} Default=YES MaxTime=INFINITE State=U
                 return self
             time.sleep(0.5)
         self.stop()
-        raise RuntimeError(f"the SLURM node did not come up (sinfo: {state!r})\n{self.log('slurmctld')}\n{self.log('slurmd')}")
+        raise RuntimeError(
+            f"the SLURM node did not come up (sinfo: {state!r})\n{self.log('slurmctld')}\n{self.log('slurmd')}"
+        )
 
     def _wait_pid(self, path: Path, timeout: float) -> int:
         deadline = time.time() + timeout

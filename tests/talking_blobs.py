@@ -8,6 +8,7 @@ a function of the audio and of nothing else: a generator that copies a reference
 (the composite baseline) is wrong wherever the loudness differs, one that draws the mouth from
 the audio is right.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +25,10 @@ FPS, SR = 25, 16000
 def envelope(rng: np.random.Generator, seconds: float) -> np.ndarray:
     """Loudness in [0, 1] per audio sample: a few slow random sinusoids (2-5 Hz, like syllables)."""
     t = np.arange(int(seconds * SR)) / SR
-    e = sum(rng.uniform(0.5, 1.0) * np.sin(2 * np.pi * rng.uniform(2.0, 5.0) * t + rng.uniform(0, 2 * np.pi))
-            for _ in range(3))
+    e = sum(
+        rng.uniform(0.5, 1.0) * np.sin(2 * np.pi * rng.uniform(2.0, 5.0) * t + rng.uniform(0, 2 * np.pi))
+        for _ in range(3)
+    )
     return np.clip(0.5 + 0.3 * e, 0.0, 1.0)
 
 
@@ -34,7 +37,7 @@ def speech(rng: np.random.Generator, env: np.ndarray) -> np.ndarray:
     t = np.arange(len(env)) / SR
     f0 = rng.uniform(100, 220)
     buzz = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 12))
-    wav = env ** 2 * (0.25 * buzz + 0.05 * rng.standard_normal(len(t)))
+    wav = env**2 * (0.25 * buzz + 0.05 * rng.standard_normal(len(t)))
     return wav.astype(np.float32)
 
 
@@ -71,8 +74,7 @@ def clip(identity: int, seed: int, n_frames: int = 29, size: int = 96) -> dict:
     centre = (np.arange(n_frames) + 0.5) / FPS
     opening = np.interp(centre, np.arange(len(env)) / SR, env)
     frames = np.stack([face(identity, o, size) for o in opening])
-    return {"frames": frames, "landmarks": np.zeros((n_frames, N_LM, 2), np.float16), "mel": mel,
-            "opening": opening}
+    return {"frames": frames, "landmarks": np.zeros((n_frames, N_LM, 2), np.float16), "mel": mel, "opening": opening}
 
 
 def write_store(root: Path, identities: int = 4, clips: dict | None = None, size: int = 96) -> pd.DataFrame:
@@ -87,8 +89,13 @@ def write_store(root: Path, identities: int = 4, clips: dict | None = None, size
             assert len(align.valid_frames(len(c["frames"]), len(c["mel"]))) > 0
             items.append(c)
     shard = root / "shards" / "shard-0"
-    write_shard(shard, iter(sorted(items, key=lambda c: c["clip_id"])), size, "raw",
-                pd.DataFrame(columns=["clip_id", "split", "reason"]))
+    write_shard(
+        shard,
+        iter(sorted(items, key=lambda c: c["clip_id"])),
+        size,
+        "raw",
+        pd.DataFrame(columns=["clip_id", "split", "reason"]),
+    )
     index = pd.read_parquet(shard / "clips.parquet")
     index["shard"] = 0
     index.to_parquet(root / "index.parquet", index=False)

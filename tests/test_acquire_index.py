@@ -1,4 +1,5 @@
 """Adopting LRW/LRS2 copies (layout checks) and the index stage (manifest and rejects)."""
+
 from __future__ import annotations
 
 import json
@@ -6,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import default_params, run_cli
+
 from pipeline.data import layouts
 
 
@@ -82,19 +83,38 @@ def test_lrw_adopt_and_index_with_bad_clips(tmp_path, clip_factory):
     assert m.loc["ABOUT/train/ABOUT_00012", "needs_resample"] and m.loc["ABOUT/train/ABOUT_00012", "fps"] == 30
     assert m.loc["ABOUT/train/ABOUT_00013", "audio_rate"] == 48000
     assert not m.loc["ABOUT/train/ABOUT_00001", "needs_resample"]
-    assert set(man.columns) >= {"clip_id", "dataset", "split", "word", "speaker", "text", "video_path", "n_frames",
-                                "fps", "duration_s", "has_audio", "sha1"}
-    assert (m.loc["WORLD/test/WORLD_00002", ["split", "word", "text", "n_frames"]].tolist()
-            == ["test", "WORLD", "WORLD", 29])
+    assert set(man.columns) >= {
+        "clip_id",
+        "dataset",
+        "split",
+        "word",
+        "speaker",
+        "text",
+        "video_path",
+        "n_frames",
+        "fps",
+        "duration_s",
+        "has_audio",
+        "sha1",
+    }
+    assert m.loc["WORLD/test/WORLD_00002", ["split", "word", "text", "n_frames"]].tolist() == [
+        "test",
+        "WORLD",
+        "WORLD",
+        29,
+    ]
     metrics = json.loads((work / "metrics/index.json").read_text())
     assert metrics["clips"] == 14 and metrics["rejected"] == 4
 
 
-@pytest.mark.parametrize("damage, expected", [
-    (lambda r: __import__("shutil").rmtree(r / "lipread_mp4/WORLD/val"), "WORLD/val/"),
-    (lambda r: (r / "lipread_mp4/ABOUT/test/ABOUT_00002.txt").unlink(), "ABOUT_00002.txt"),
-    (lambda r: __import__("shutil").rmtree(r / "lipread_mp4"), "no lipread_mp4/"),
-])
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (lambda r: __import__("shutil").rmtree(r / "lipread_mp4/WORLD/val"), "WORLD/val/"),
+        (lambda r: (r / "lipread_mp4/ABOUT/test/ABOUT_00002.txt").unlink(), "ABOUT_00002.txt"),
+        (lambda r: __import__("shutil").rmtree(r / "lipread_mp4"), "no lipread_mp4/"),
+    ],
+)
 def test_lrw_partial_layout_is_named(tmp_path, clip_factory, damage, expected):
     root = lrw_tree(tmp_path / "LRW", clip_factory)
     damage(root)

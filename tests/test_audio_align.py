@@ -1,4 +1,5 @@
 """The mel recipe against an independent implementation, and the frame <-> mel mapping."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +9,7 @@ from pipeline.io import align, audio
 
 
 def reference_mel(wav: np.ndarray) -> np.ndarray:
-    """The recipe of DESIGN §4 written out with numpy: reflect-padded framing, periodic Hann
+    """The recipe of docs/design.md §4 written out with numpy: reflect-padded framing, periodic Hann
     window, rfft, librosa's Slaney mel filter, dB, symmetric normalisation."""
     import librosa
 
@@ -17,7 +18,7 @@ def reference_mel(wav: np.ndarray) -> np.ndarray:
     x = np.pad(x, pad, mode="reflect")
     n_frames = 1 + (len(x) - 800) // 200
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(800) / 800)  # periodic Hann
-    frames = np.stack([x[i * 200: i * 200 + 800] * window for i in range(n_frames)])
+    frames = np.stack([x[i * 200 : i * 200 + 800] * window for i in range(n_frames)])
     mag = np.abs(np.fft.rfft(frames, axis=1)).T  # [401, T]
     fb = librosa.filters.mel(sr=16000, n_fft=800, n_mels=80, fmin=55, fmax=7600, htk=False, norm="slaney")
     mel = fb.astype(np.float64) @ mag
@@ -29,7 +30,7 @@ def reference_mel(wav: np.ndarray) -> np.ndarray:
 def test_mel_matches_the_recipe_including_edges(n):
     rng = np.random.default_rng(n)
     t = np.arange(n) / 16000
-    wav = (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t)) + 0.02 * rng.normal(size=n))
+    wav = 0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t)) + 0.02 * rng.normal(size=n)
     ours = audio.melspectrogram(wav.astype(np.float32))
     ref = reference_mel(wav.astype(np.float32).astype(np.float64))
     assert ours.shape == (1 + n // 200, 80) and ours.dtype == np.float32

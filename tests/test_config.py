@@ -1,4 +1,5 @@
 """params.yaml validation, the stage views and presets; the interpreter check."""
+
 from __future__ import annotations
 
 import os
@@ -7,8 +8,8 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import REPO, default_params, run_cli
+
 from pipeline import config, envcheck
 from pipeline.errors import ConfigError
 from pipeline.stages import STAGES
@@ -89,8 +90,10 @@ def test_preset_merges_validates_and_keeps_comments(tmp_path):
     assert path.read_text() == before
     params = yaml.safe_load(before)
     params["data"]["lrs2"]["root"] = "/datasets/lrs2"
-    text = before.replace("root: null               # folder that holds mvlrs_v1/",
-                          "root: /datasets/lrs2     # folder that holds mvlrs_v1/")
+    text = before.replace(
+        "root: null               # folder that holds mvlrs_v1/",
+        "root: /datasets/lrs2     # folder that holds mvlrs_v1/",
+    )
     path.write_text(text)
     merged = config.apply_preset("lrs2", path)
     assert merged["data"]["dataset"] == "lrs2"
@@ -114,7 +117,15 @@ def test_dataset_presets_bring_the_papers_recipe(tmp_path, name):
     merged = yaml.safe_load(path.read_text())
     gen, expert = merged["generator"], merged["sync_expert"]
     assert merged["data"]["dataset"] == name and merged["preprocess"]["img_size"] == 128
-    assert gen["weights"] == {"l1": 10.0, "store": 0.2, "align": 0.2, "recall": 0.0, "av_sync": 0.2, "vv_sync": 0.2, "gan": 0.2}
+    assert gen["weights"] == {
+        "l1": 10.0,
+        "store": 0.2,
+        "align": 0.2,
+        "recall": 0.0,
+        "av_sync": 0.2,
+        "vv_sync": 0.2,
+        "gan": 0.2,
+    }
     assert (gen["lr_g"], gen["lr_d"], gen["betas"], gen["batch_size"]) == (1e-4, 5e-4, [0.5, 0.999], 40)
     assert gen["width"] == expert["width"] == 1.0 and gen["output"] == "direct"
     assert expert["audio_width"] is None  # Wav2Lip's expert: the audio encoder as wide as the face's
@@ -160,8 +171,13 @@ def test_every_requirement_maps_to_a_module_of_the_environment():
 
 def test_wrong_interpreter_gets_one_clear_message_before_any_work(tmp_path):
     # -S leaves out site-packages: the interpreter has the pipeline's source but none of its requirements
-    proc = subprocess.run([sys.executable, "-S", "-m", "pipeline", "acquire"], cwd=REPO, capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": ""})
+    proc = subprocess.run(
+        [sys.executable, "-S", "-m", "pipeline", "acquire"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "lacks" in proc.stderr and "numpy" in proc.stderr and "torch" in proc.stderr
@@ -176,8 +192,14 @@ def test_interpreter_check_reads_pyproject_without_tomllib_and_checks_the_python
     by_pattern = envcheck.project_table_by_pattern(text)  # what Python < 3.11 reads
     assert by_pattern["dependencies"] == project["dependencies"]
     assert by_pattern["requires-python"] == project["requires-python"] == ">=3.10,<3.13"
-    assert [envcheck.python_ok(">=3.10,<3.13", v) for v in ((3, 9), (3, 10), (3, 12), (3, 13))] == \
-        [False, True, True, False]
+    assert [envcheck.python_ok(">=3.10,<3.13", v) for v in ((3, 9), (3, 10), (3, 12), (3, 13))] == [
+        False,
+        True,
+        True,
+        False,
+    ]
     assert envcheck.module_name("Scikit_Image") == "skimage" and envcheck.module_name("ruamel_yaml") == "ruamel.yaml"
     assert envcheck.module_name("python_speech_features") == "python_speech_features"
-    assert "is Python" in envcheck.message([], ">=3.10,<3.13") and "needs >=3.10,<3.13" in envcheck.message([], ">=3.10,<3.13")
+    assert "is Python" in envcheck.message([], ">=3.10,<3.13") and "needs >=3.10,<3.13" in envcheck.message(
+        [], ">=3.10,<3.13"
+    )

@@ -1,4 +1,5 @@
 """Training datasets over the store: shapes, balance, negatives, determinism, errors."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -50,8 +51,13 @@ def test_negatives_are_far_enough(store):
         faces = ds[index][0].numpy()
         # find which window of the same clip these faces are
         row = ds.clips.iloc[k]
-        match = [j for j in align.valid_frames(int(row.n_frames), int(row.n_mel))
-                 if np.allclose(faces, store.frames(cid, j - 2, j + 3)[:, 48:].transpose(0, 3, 1, 2).reshape(15, 48, 96) / 255.0)]
+        match = [
+            j
+            for j in align.valid_frames(int(row.n_frames), int(row.n_mel))
+            if np.allclose(
+                faces, store.frames(cid, j - 2, j + 3)[:, 48:].transpose(0, 3, 1, 2).reshape(15, 48, 96) / 255.0
+            )
+        ]
         assert match and all(abs(j - i) >= 3 for j in match), (index, i, match)
 
 
@@ -79,7 +85,9 @@ def test_generator_samples(store, t):
     t0 = s["start"]
     refs = store.frames(s["clip_id"])
     ref_frames = (s["reference"] + 1) / 2 * 255
-    starts = [r for r in range(29 - t + 1) if np.allclose(ref_frames.permute(0, 2, 3, 1).numpy(), refs[r:r + t], atol=0.5)]
+    starts = [
+        r for r in range(29 - t + 1) if np.allclose(ref_frames.permute(0, 2, 3, 1).numpy(), refs[r : r + t], atol=0.5)
+    ]
     assert starts and all(abs(r - t0) >= t for r in starts)
 
 

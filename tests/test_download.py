@@ -1,5 +1,6 @@
 """`source: download` (issue 10) against a local HTTP server on 127.0.0.1 started by the tests:
 basic auth, Range, a mode that ignores Range, dropped connections, parts of small tars."""
+
 from __future__ import annotations
 
 import base64
@@ -15,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import default_params, make_clip, run_cli
+
 from pipeline.data import acquire, download, httpclient
 from pipeline.errors import PipelineError
 
@@ -30,7 +31,7 @@ class Server:
 
     def __init__(self, files: dict[str, bytes]):
         self.files = dict(files)
-        self.ignore_range = False       # answer 200 with the whole body to a Range request
+        self.ignore_range = False  # answer 200 with the whole body to a Range request
         self.drop: dict[str, int] = {}  # name -> GETs still to cut off halfway
         self.requests: list[tuple[str, str, str | None, int]] = []  # (method, name, Range, status)
         owner = self
@@ -62,7 +63,7 @@ class Server:
         if not h.path.startswith("/vgg/") or name not in self.files:
             return self.reply(h, head, name, rng, 404, b"")
         data = self.files[name]
-        etag = '"%s"' % hashlib.sha256(data).hexdigest()[:16]
+        etag = f'"{hashlib.sha256(data).hexdigest()[:16]}"'
         headers = {"ETag": etag, "Accept-Ranges": "bytes"}
         start, status = 0, 200
         if rng and not self.ignore_range and h.headers.get("If-Range", etag) == etag:
@@ -111,12 +112,13 @@ def tar_bytes(members: dict[str, bytes], extra=None) -> bytes:
 
 def split(data: bytes, names: list[str]) -> dict[str, bytes]:
     k = -(-len(data) // len(names))
-    return {n: data[i * k:(i + 1) * k] for i, n in enumerate(names)}
+    return {n: data[i * k : (i + 1) * k] for i, n in enumerate(names)}
 
 
 def listed(files: dict[str, bytes], **override) -> list[dict]:
-    return [{"name": n, "size": len(b), "sha256": override.get(n, hashlib.sha256(b).hexdigest())}
-            for n, b in files.items()]
+    return [
+        {"name": n, "size": len(b), "sha256": override.get(n, hashlib.sha256(b).hexdigest())} for n, b in files.items()
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -340,8 +342,9 @@ def test_lrs2_download_with_split_lists(work, tmp_path, monkeypatch):
     pretrain.type, pretrain.mode = tarfile.DIRTYPE, 0o755
     names = [p["name"] for p in download.OFFICIAL["lrs2"]["parts"] if p.get("kind") != "file"]
     files = split(tar_bytes(members, [pretrain]), names)
-    files.update({f"{s}.txt": ("\n".join(c + (" NF" if s == "test" else "") for c in ids[s]) + "\n").encode()
-                  for s in ids})
+    files.update(
+        {f"{s}.txt": ("\n".join(c + (" NF" if s == "test" else "") for c in ids[s]) + "\n").encode() for s in ids}
+    )
     files["pretrain.txt"] = b""
     srv = Server(files)
     try:
@@ -391,8 +394,13 @@ def test_cli_download_keeps_credentials_out_of_logs_and_metadata(tmp_path, serve
     proj = tmp_path / "proj"
     proj.mkdir()
     (proj / "params.yaml").write_text(yaml.safe_dump(_cli_params(tmp_path / "LRW", server.url), sort_keys=False))
-    env = {"LRW_USERNAME": USER, "LRW_PASSWORD": PASSWORD, "NETRC": str(tmp_path / "no-netrc"),
-           "NO_PROXY": "127.0.0.1,localhost", "MLFLOW_TRACKING_URI": f"sqlite:///{proj / 'mlflow.db'}"}
+    env = {
+        "LRW_USERNAME": USER,
+        "LRW_PASSWORD": PASSWORD,
+        "NETRC": str(tmp_path / "no-netrc"),
+        "NO_PROXY": "127.0.0.1,localhost",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{proj / 'mlflow.db'}",
+    }
     proc = run_cli(["acquire", "--log", "logs/acquire.log"], cwd=proj, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "acquire: lrw:" in proc.stdout and "download.fetched_parts=7" in proc.stdout

@@ -1,5 +1,6 @@
 """The embedded corpus: layout, determinism, held-out identities and voices, one face per frame,
 speech coverage, and mouth motion in sync with the speech."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
-
 from conftest import tiny_params
+
 from pipeline.data import corpus_qc, embedded, face_anim, layouts, speech
 from pipeline.io import ffmpeg
 
@@ -56,7 +57,9 @@ def test_seeded_determinism(corpus, tmp_path):
         assert a.read_bytes() == b.read_bytes()
     other = dict(cfg, seed=cfg["seed"] + 1)
     plan_a, plan_b = embedded.plan_corpus(cfg), embedded.plan_corpus(other)
-    assert [p.voice for p in plan_a] != [p.voice for p in plan_b] or [p.identity for p in plan_a] != [p.identity for p in plan_b]
+    assert [p.voice for p in plan_a] != [p.voice for p in plan_b] or [p.identity for p in plan_a] != [
+        p.identity for p in plan_b
+    ]
 
 
 def test_test_split_holds_out_identities_and_voices(corpus):
@@ -79,8 +82,10 @@ def test_identities_and_voices_share_each_split_evenly():
     for split in embedded.SPLITS:
         mine = [p for p in plans if p.split == split]
         # held out: one identity per photo and two voices; seen: the other identities and voices
-        pools = {"identity": len(face_anim.PHOTOS) * (1 if split == "test" else cfg["identities_per_photo"] - 1),
-                 "voice": 2 if split == "test" else len(embedded.VOICES) - 2}
+        pools = {
+            "identity": len(face_anim.PHOTOS) * (1 if split == "test" else cfg["identities_per_photo"] - 1),
+            "voice": 2 if split == "test" else len(embedded.VOICES) - 2,
+        }
         for key, pool in pools.items():
             counts = Counter(getattr(p, key) for p in mine)
             assert len(counts) == min(pool, len(mine)), (split, key, counts)
@@ -135,8 +140,12 @@ def test_one_face_per_frame_and_mouth_follows_speech(corpus):
 
 
 def test_viseme_track_closes_on_bilabials_and_opens_on_vowels():
-    phones = [speech.Segment("_", 0, 0.1), speech.Segment("m", 0.1, 0.25), speech.Segment("A:", 0.25, 0.45),
-              speech.Segment("_", 0.45, 0.6)]
+    phones = [
+        speech.Segment("_", 0, 0.1),
+        speech.Segment("m", 0.1, 0.25),
+        speech.Segment("A:", 0.25, 0.45),
+        speech.Segment("_", 0.45, 0.6),
+    ]
     track = face_anim.viseme_track(phones, np.array([0.05, 0.18, 0.35, 0.55]))
     assert track[2, 0] > 0.8 and track[1, 0] < 0.15 and track[0, 0] < 0.05 and track[3, 0] < 0.1
 

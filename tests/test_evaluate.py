@@ -1,5 +1,6 @@
 """Evaluation, report, comparison and inference on real data: metrics against scikit-image,
 LMD, the evaluate and report stages, `compare`, and `infer` with its error cases."""
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,9 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import REPO, run_cli
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from conftest import REPO, run_cli
 from pipeline.evaluate import metrics
 from pipeline.io import ffmpeg
 from pipeline.io.store import Store
@@ -29,8 +30,9 @@ def test_psnr_ssim_agree_with_scikit_image_on_random_and_real_frames(processed):
     pairs += [(f, np.clip(f + rng.normal(0, 12, f.shape), 0, 255).astype(np.uint8)) for f in real]
     pairs += [(metrics.mouth(real[0]), metrics.mouth(real[1]))]
     for a, b in pairs:
-        want = structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-                                     data_range=255, channel_axis=-1)
+        want = structural_similarity(
+            a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255, channel_axis=-1
+        )
         assert abs(metrics.ssim(a, b) - want) < 1e-4
         assert abs(metrics.psnr(a, b) - peak_signal_noise_ratio(a, b, data_range=255)) < 1e-4
 
@@ -122,8 +124,9 @@ def test_scoring_in_worker_processes_gives_the_rows_of_one_process(evaluated, tm
         text = [c for c in a.columns if a[c].dtype == object]
         assert (a[text] == b[text]).all().all()
         # one torch thread per worker against this process's own: sums may round differently
-        np.testing.assert_allclose(a.drop(columns=text).to_numpy(float), b.drop(columns=text).to_numpy(float),
-                                   rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(
+            a.drop(columns=text).to_numpy(float), b.drop(columns=text).to_numpy(float), rtol=1e-3, atol=1e-3
+        )
     assert len(one[0]) == len(clips) * 4 and len(one[1]) == len(pairs) * 4  # ground truth, composite, two variants
 
     # the stage itself scored in one process per core (the tiny run: snakemake --cores 2)
@@ -174,12 +177,29 @@ def test_cross_audio_pair_lists_name_clips_by_id_or_tail_and_bad_lines_are_named
 def test_report_page_has_every_section(evaluated):
     proj, params = evaluated
     page = (proj / "reports/html/index.html").read_text()
-    for text in ("Evaluation on the test split", "Published figures", "not comparable", "Training curves",
-                 "Samples", "Sync check", "Audio-Lip Memory", "own_expert", "mediapipe", "Cross-audio",
-                 "cross-audio: "):
+    for text in (
+        "Evaluation on the test split",
+        "Published figures",
+        "not comparable",
+        "Training curves",
+        "Samples",
+        "Sync check",
+        "Audio-Lip Memory",
+        "own_expert",
+        "mediapipe",
+        "Cross-audio",
+        "cross-audio: ",
+    ):
         assert text in page, text
-    for png in ("curves_sync_expert.png", "curves_generator_memory.png", "curves_generator_no_memory.png",
-                "samples_0.png", "offsets_hist.png", "memory_word.png", "memory_phone.png"):
+    for png in (
+        "curves_sync_expert.png",
+        "curves_generator_memory.png",
+        "curves_generator_no_memory.png",
+        "samples_0.png",
+        "offsets_hist.png",
+        "memory_word.png",
+        "memory_phone.png",
+    ):
         assert (proj / "reports/html" / png).stat().st_size > 5000, png
         assert f"src='{png}'" in page
     assert "demo.mp4" in page and (proj / "reports/html/demo.mp4").is_file()
@@ -200,7 +220,10 @@ def test_evaluate_writes_the_memory_analysis(evaluated):
     m = json.loads((proj / "metrics/memory.json").read_text())
     slots = params["generator"]["slots"]
     assert m["slots"] == slots
-    assert m["val_clips"] == params["data"]["embedded"]["val_clips"] and m["test_clips"] == params["data"]["embedded"]["test_clips"]
+    assert (
+        m["val_clips"] == params["data"]["embedded"]["val_clips"]
+        and m["test_clips"] == params["data"]["embedded"]["test_clips"]
+    )
     for split in ("val", "test"):
         for key in ("mouth_l1", "mouth_l1_readout_shuffled", "mouth_l1_readout_zeroed"):
             assert 0 < m[f"{split}_{key}"] < 1, key
@@ -216,8 +239,9 @@ def test_evaluate_writes_the_memory_analysis(evaluated):
 
     client = mlflow.MlflowClient()
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=500)
-    assert any("memory.val_mouth_l1_readout_shuffled" in r.data.metrics for r in runs
-               if r.data.tags.get("stage") == "evaluate")
+    assert any(
+        "memory.val_mouth_l1_readout_shuffled" in r.data.metrics for r in runs if r.data.tags.get("stage") == "evaluate"
+    )
 
 
 def test_compare_prints_runs_side_by_side(evaluated):
@@ -312,9 +336,13 @@ def test_infer_video_and_still_image_and_error_cases(evaluated, tmp_path):
     ffmpeg.write_wav(silent, np.zeros(16000, np.float32), 16000)
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(os.urandom(2000))
-    for args, words in (((str(blank), speech), "no face found"), ((face, str(silent)), "silent"),
-                        ((str(garbage), speech), "cannot be read"), ((face, str(garbage)), "no readable audio"),
-                        ((face, str(tmp_path / "missing.wav")), "not found")):
+    for args, words in (
+        ((str(blank), speech), "no face found"),
+        ((face, str(silent)), "silent"),
+        ((str(garbage), speech), "cannot be read"),
+        ((face, str(garbage)), "no readable audio"),
+        ((face, str(tmp_path / "missing.wav")), "not found"),
+    ):
         bad_out = tmp_path / "bad.mp4"
         proc = infer(proj, "--face", args[0], "--audio", args[1], "-o", str(bad_out))
         assert proc.returncode == 1 and words in proc.stderr, (args, proc.stderr[-500:])
@@ -358,7 +386,7 @@ class _LoudnessMouth(torch.nn.Module):
         from pipeline.preprocess.crops import TEMPLATE
 
         b, t, c, s, _ = masked.shape
-        comp = torch.cat([masked[..., : s // 2, :], reference[..., s // 2:, :]], dim=-2).reshape(b * t, c, s, s)
+        comp = torch.cat([masked[..., : s // 2, :], reference[..., s // 2 :, :]], dim=-2).reshape(b * t, c, s, s)
         level = mel.reshape(b * t, 80, -1)[:, :, 6:10].mean((1, 2))  # the window's middle 40 ms, log-mel in [-4, 4]
         loud = ((level + 2.0) / 2.0).clamp(0, 1)
         centre = (int(TEMPLATE[2, 0] * s), int(TEMPLATE[2, 1] * s))
@@ -370,7 +398,9 @@ class _LoudnessMouth(torch.nn.Module):
         return {"audio_frames": torch.stack(out).reshape(b, t, c, s, s)}
 
 
-def test_infer_mouth_follows_the_driving_speech_and_faceless_frames_pass_through(embedded_corpus, tmp_path, monkeypatch):
+def test_infer_mouth_follows_the_driving_speech_and_faceless_frames_pass_through(
+    embedded_corpus, tmp_path, monkeypatch
+):
     """Inference end to end (tracking, alignment, frame-to-mel windows, paste-back, muxing) with a
     generator whose mouth follows its audio by construction: measured on the written mp4 with the
     face mesh, the mouth's opening correlates with the driving speech and not with the face
@@ -396,7 +426,9 @@ def test_infer_mouth_follows_the_driving_speech_and_faceless_frames_pass_through
         frames = ffmpeg.read_frames(out)
         n = len(frames)
         # the face clip's own audio, arranged as its frames were (forward, then backward)
-        own_env = mouth_sync.envelope(inference.ping_pong(own[: own_frames * 640].reshape(own_frames, 640), n).ravel(), n)
+        own_env = mouth_sync.envelope(
+            inference.ping_pong(own[: own_frames * 640].reshape(own_frames, 640), n).ravel(), n
+        )
         return mouth_sync.speech_follow(frames, ffmpeg.read_audio(speech, 16000), own_env)
 
     summary = inference.infer(face, speech, tmp_path / "unused.pt", tmp_path / "out.mp4")
@@ -428,8 +460,13 @@ def test_infer_mouth_follows_the_driving_speech_and_faceless_frames_pass_through
 
 
 def test_cli_help_lists_infer_and_compare():
-    out = subprocess.run([sys.executable, "-m", "pipeline", "--help"], cwd=REPO, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    ).stdout
     assert "infer" in out and "compare" in out and "evaluate" in out and "report" in out
 
 
@@ -450,8 +487,12 @@ def test_mouth_opening_follows_its_own_speech_on_real_clips(embedded_corpus):
         words.append(clip.parent.parent.name)
         assert np.isfinite(openings[-1]).all() and np.ptp(openings[-1]) > 0.05  # a face in every frame; the mouth moves
     own = [mouth_sync.follows(o, e)[0] for o, e in zip(openings, envelopes)]
-    other = [mouth_sync.follows(openings[i], envelopes[j])[0] for i in range(len(clips)) for j in range(len(clips))
-             if words[i] != words[j]]
+    other = [
+        mouth_sync.follows(openings[i], envelopes[j])[0]
+        for i in range(len(clips))
+        for j in range(len(clips))
+        if words[i] != words[j]
+    ]
     assert np.mean(own) > np.mean(other) + 0.15, (own, np.mean(other))
     # the lag search and the envelope are what they claim
     env = mouth_sync.envelope(np.r_[np.zeros(640), np.ones(640)].astype(np.float32), 3)

@@ -1,4 +1,5 @@
 """The ffmpeg helper: binary choice, probing without ffprobe, reading and writing."""
+
 from __future__ import annotations
 
 import numpy as np

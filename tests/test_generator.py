@@ -1,6 +1,7 @@
 """The SyncTalkFace generator: shapes, the memory, where each loss's gradients go, learning,
 exact resume, DDP with gloo, the NaN guard, the stage for both variants, and the proof on a
 short run (talking_blobs)."""
+
 from __future__ import annotations
 
 import json
@@ -9,10 +10,10 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-
 import talking_blobs
+import torch
 from conftest import default_params, run_cli
+
 from pipeline.errors import PipelineError
 from pipeline.models import memory as mem
 from pipeline.models.discriminator import QualityDiscriminator
@@ -29,12 +30,17 @@ def fake_batch(b=2, t=5, size=96, seed=0):
     r = lambda *s: torch.rand(*s, generator=g) * 2 - 1
     target = r(b, t, 3, size, size)
     masked = target.clone()
-    masked[..., size // 2:, :] = 0
+    masked[..., size // 2 :, :] = 0
     lip = torch.stack([target[:, [max(0, min(t - 1, k + d)) for d in range(-2, 3)]] for k in range(t)], 1)
     lip = lip.transpose(2, 3).clone()
     lip[..., : size // 2, :] = 0
-    return {"target": target, "masked": masked, "reference": r(b, t, 3, size, size),
-            "mel": r(b, t, 1, 80, 16) * 4, "lip": lip}
+    return {
+        "target": target,
+        "masked": masked,
+        "reference": r(b, t, 3, size, size),
+        "mel": r(b, t, 1, 80, 16) * 4,
+        "lip": lip,
+    }
 
 
 def frozen_expert(size=96):
@@ -160,19 +166,20 @@ def test_blurred_base_starts_without_the_reference_mouth_and_keeps_the_rest(size
     from pipeline.evaluate.metrics import mouth_box
     from pipeline.geometry import MOUTH_BOX
     from pipeline.models.generator import blur_mouth
+
     torch.manual_seed(0)
     b = fake_batch(size=size)
     y0, y1, x0, x1 = mouth_box(size)
     # two references equal but for the mouth: one closed (flat skin), one wide open (a dark band)
     ref = torch.full((2, 5, 3, size, size), 0.3)
     my, mx = size * 10 // 96, size * 8 // 96  # an open mouth: a dark band inside the box
-    ref[0, ..., y0 + my:y1 - my, x0 + mx:x1 - mx] = -0.9
+    ref[0, ..., y0 + my : y1 - my, x0 + mx : x1 - mx] = -0.9
     g = Generator(size, 0.125, slots=12, output="residual", base_mouth="blurred")
     with torch.no_grad():
         out = g(b["masked"], ref, b["mel"], b["lip"])["audio_frames"]
     composite = Generator.composite(b["masked"], ref).clamp(-0.999, 0.999)
     far = torch.ones(size, size, dtype=torch.bool)
-    far[y0 - 8:y1 + 8, x0 - 8:x1 + 8] = False
+    far[y0 - 8 : y1 + 8, x0 - 8 : x1 + 8] = False
     assert torch.allclose(out[..., far], composite[..., far], atol=1e-5)  # all but the mouth box: the composite
     box = (slice(None), slice(None), slice(y0 + 5, y1 - 5), slice(x0 + 5, x1 - 5))  # inside the feathering
     open_, closed = out[0][box], out[1][box]
@@ -182,11 +189,13 @@ def test_blurred_base_starts_without_the_reference_mouth_and_keeps_the_rest(size
     assert step(composite[0][box]) > 1.1 and step(open_) < 0.1
     # at most two thirds of the 1.2 contrast is left anywhere
     assert (open_ - closed).abs().amax() < 0.8 and (open_ - closed).mean() < -0.1
-    assert (closed - 0.3).abs().amax() < 0.05  # a mouth-free reference stays (but for the cells it shares with the nose)
+    assert (
+        closed - 0.3
+    ).abs().amax() < 0.05  # a mouth-free reference stays (but for the cells it shares with the nose)
     # the coarse colours cover the whole crop in 6 x 6 cells at any size: a frame whose left and
     # right halves differ keeps its edge in the middle, not shifted by cells that miss the border
     halves = torch.full((1, 3, size, size), -0.5)
-    halves[..., size // 2:] = 0.5
+    halves[..., size // 2 :] = 0.5
     row = blur_mouth(halves, (0.0, 1.0, 0.0, 1.0))[0, 0, size // 2]
     assert torch.allclose(row, -row.flip(0), atol=1e-5)  # antisymmetric about the crop's centre
     assert g.config()["base_mouth"] == "blurred" and g.config()["blur_box"] == list(MOUTH_BOX)
@@ -203,8 +212,11 @@ def test_networks_keep_convolutions_channels_last_with_unchanged_state_dicts():
     names, shapes and values are not, so a state dict moves between layouts and gives the same output."""
     torch.manual_seed(0)
     b = fake_batch()
-    nets = {"generator": Generator(96, 0.125, slots=12, output="residual"), "discriminator": QualityDiscriminator(0.125),
-            "expert": SyncNet(96, 0.125)}
+    nets = {
+        "generator": Generator(96, 0.125, slots=12, output="residual"),
+        "discriminator": QualityDiscriminator(0.125),
+        "expert": SyncNet(96, 0.125),
+    }
     for name, net in nets.items():
         convs = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
         assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs), name
@@ -213,7 +225,8 @@ def test_networks_keep_convolutions_channels_last_with_unchanged_state_dicts():
             p.data = p.data.contiguous()
         plain.load_state_dict(net.state_dict())
         assert all(p.is_contiguous() for p in plain.state_dict().values()) and not all(
-            p.is_contiguous() for p in net.state_dict().values()), name
+            p.is_contiguous() for p in net.state_dict().values()
+        ), name
         net.eval(), plain.eval()
         with torch.no_grad():
             if name == "generator":
@@ -260,9 +273,20 @@ def test_the_lip_encoder_can_be_the_experts_frozen_face_encoder(tmp_path):
 
     torch.manual_seed(0)
     expert = SyncNet(96, 0.25).eval()  # wider than the generator: the lip projection maps its width
-    view = {"preprocess": {"img_size": 96}, "generator": {
-        "width": 0.125, "slots": 12, "dropout": 0.5, "address_scale": 16.0, "output": "residual",
-        "base_mouth": "blurred", "query_norm": "batch", "audio_drop": 0.5, "lip_encoder": "expert"}}
+    view = {
+        "preprocess": {"img_size": 96},
+        "generator": {
+            "width": 0.125,
+            "slots": 12,
+            "dropout": 0.5,
+            "address_scale": 16.0,
+            "output": "residual",
+            "base_mouth": "blurred",
+            "query_norm": "batch",
+            "audio_drop": 0.5,
+            "lip_encoder": "expert",
+        },
+    }
     with pytest.raises(PipelineError, match="lip_encoder: expert needs the sync expert"):
         gen_stage.build(view, "memory")
     g, _ = gen_stage.build(view, "memory", expert)
@@ -279,8 +303,9 @@ def test_the_lip_encoder_can_be_the_experts_frozen_face_encoder(tmp_path):
     # the memory learn from the store term, the audio encoder from align
     d = QualityDiscriminator(0.125)
     out = g(b["masked"], b["reference"], b["mel"], b["lip"])
-    total, parts = gen_losses.generator_losses(out, b, WEIGHTS, frozen_expert(), gen_losses.FrozenCopy(g.lip), d,
-                                               use_gan=True)
+    total, parts = gen_losses.generator_losses(
+        out, b, WEIGHTS, frozen_expert(), gen_losses.FrozenCopy(g.lip), d, use_gan=True
+    )
     total.backward()
     assert all(p.grad is None and not p.requires_grad for p in g.lip.parameters())
     assert all(p.grad is None for p in expert.parameters())
@@ -288,13 +313,19 @@ def test_the_lip_encoder_can_be_the_experts_frozen_face_encoder(tmp_path):
 
     # its VV term is the expert's gradient as the AV term is: both wait for the sync warm-up
     out = g(b["masked"], b["reference"], b["mel"], b["lip"])
-    total_w, parts_w = gen_losses.generator_losses(out, b, WEIGHTS, frozen_expert(), gen_losses.FrozenCopy(g.lip), d,
-                                                   use_gan=False, use_sync=False, expert_vv=True)
+    total_w, parts_w = gen_losses.generator_losses(
+        out, b, WEIGHTS, frozen_expert(), gen_losses.FrozenCopy(g.lip), d, use_gan=False, use_sync=False, expert_vv=True
+    )
     assert not parts_w["vv_sync"].requires_grad and not parts_w["av_sync"].requires_grad
-    assert torch.allclose(total_w, WEIGHTS["l1"] * (parts_w["l1"] + parts_w["l1_lip"]) + WEIGHTS["store"] * parts_w["store"]
-                          + WEIGHTS["align"] * parts_w["align"])
-    _, own = gen_losses.generator_losses(out, b, WEIGHTS, frozen_expert(), gen_losses.FrozenCopy(g.lip), d,
-                                         use_gan=False, use_sync=False)
+    assert torch.allclose(
+        total_w,
+        WEIGHTS["l1"] * (parts_w["l1"] + parts_w["l1_lip"])
+        + WEIGHTS["store"] * parts_w["store"]
+        + WEIGHTS["align"] * parts_w["align"],
+    )
+    _, own = gen_losses.generator_losses(
+        out, b, WEIGHTS, frozen_expert(), gen_losses.FrozenCopy(g.lip), d, use_gan=False, use_sync=False
+    )
     assert own["vv_sync"].requires_grad  # a lip encoder of its own: VV from the first step, as the paper
 
     # the checkpoint holds the encoder's weights and rebuilds it
@@ -323,17 +354,21 @@ def test_the_lip_path_decode_can_take_every_term_and_the_fusion_can_be_linear():
     total, parts = gen_losses.generator_losses(out, b, WEIGHTS, expert, lip_copy, d, use_gan=True, both_decodes=True)
     assert not any(k.endswith("_lip") and k != "l1_lip" for k in only_l1)
     assert {"av_sync_lip", "vv_sync_lip", "gan_lip"} <= set(parts)
-    expected = WEIGHTS["l1"] * (parts["l1"] + parts["l1_lip"]) + sum(
-        WEIGHTS[n] * (parts[n] + parts[f"{n}_lip"]) for n in ("av_sync", "vv_sync", "gan")) + \
-        WEIGHTS["store"] * parts["store"] + WEIGHTS["align"] * parts["align"]
+    expected = (
+        WEIGHTS["l1"] * (parts["l1"] + parts["l1_lip"])
+        + sum(WEIGHTS[n] * (parts[n] + parts[f"{n}_lip"]) for n in ("av_sync", "vv_sync", "gan"))
+        + WEIGHTS["store"] * parts["store"]
+        + WEIGHTS["align"] * parts["align"]
+    )
     assert torch.allclose(total, expected)
     # the lip-path decode's sync term trains what that decode reads: the lip-addressed readout
     g.zero_grad(set_to_none=True)
     parts["av_sync_lip"].backward(retain_graph=True)
     assert float(g.memory.value.grad.abs().sum()) > 0 and grads(g.lip) > 0
     # during the sync warm-up both AV terms stay out of the total
-    total_w, parts_w = gen_losses.generator_losses(out, b, WEIGHTS, expert, lip_copy, d, use_gan=False,
-                                                   use_sync=False, both_decodes=True)
+    total_w, parts_w = gen_losses.generator_losses(
+        out, b, WEIGHTS, expert, lip_copy, d, use_gan=False, use_sync=False, both_decodes=True
+    )
     assert not parts_w["av_sync_lip"].requires_grad
 
 
@@ -346,8 +381,9 @@ def test_overfitting_a_fixed_batch_drives_l1_down():
     losses = []
     for _ in range(40):
         out = g(b["masked"], b["reference"], b["mel"], b["lip"])
-        loss = torch.nn.functional.l1_loss(out["audio_frames"], b["target"]) + \
-            torch.nn.functional.l1_loss(out["lip_frames"], b["target"])
+        loss = torch.nn.functional.l1_loss(out["audio_frames"], b["target"]) + torch.nn.functional.l1_loss(
+            out["lip_frames"], b["target"]
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -357,9 +393,22 @@ def test_overfitting_a_fixed_batch_drives_l1_down():
 
 # ------------------------------------------------------------------ the stage on real data
 def tiny_view(params, **changes):
-    cfg = {**params["generator"], **dict(width=0.125, batch_size=2, max_steps=4, eval_every=2, checkpoint_every=2,
-                                         gan_warmup=2, sync_warmup=2, val_samples=4, log_every=1, slots=12),
-           **changes}
+    cfg = {
+        **params["generator"],
+        **dict(
+            width=0.125,
+            batch_size=2,
+            max_steps=4,
+            eval_every=2,
+            checkpoint_every=2,
+            gan_warmup=2,
+            sync_warmup=2,
+            val_samples=4,
+            log_every=1,
+            slots=12,
+        ),
+        **changes,
+    }
     return {"data": {"dataset": "lrw"}, "preprocess": {"img_size": 96}, "generator": cfg}
 
 
@@ -432,7 +481,11 @@ def test_the_gan_weight_ramps_up_after_its_warm_up(in_expert_project, tmp_path):
     assert view["generator"]["lip_encoder"] == "expert"  # its VV term waits for the sync warm-up too
     for k, row in enumerate(history):  # row k is step k
         rest = w["l1"] * (row["l1"] + row["l1_lip"]) + sum(w[n] * row[n] for n in ("store", "align"))
-        rest += w["av_sync"] * row["av_sync"] + w["vv_sync"] * row["vv_sync"] if k >= view["generator"]["sync_warmup"] else 0.0
+        rest += (
+            w["av_sync"] * row["av_sync"] + w["vv_sync"] * row["vv_sync"]
+            if k >= view["generator"]["sync_warmup"]
+            else 0.0
+        )
         gan = w["gan"] * gen_stage.gan_scale(view["generator"], k) * row.get("gan", 0.0)
         assert row["loss"] == pytest.approx(rest + gan, rel=1e-5), k
     assert "gan" in history[3] and history[3]["gan"] > 0  # step 3: weight 0.5 x 0.5
@@ -467,8 +520,9 @@ def test_ddp_two_gloo_processes(in_expert_project, tmp_path):
     assert state["step"] == 2 and json.loads((work / "done.json").read_text())["step"] == 2
 
 
-def test_a_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(in_expert_project, tmp_path,
-                                                                                   monkeypatch):
+def test_a_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
+    in_expert_project, tmp_path, monkeypatch
+):
     _, params = in_expert_project
     real = gen_losses.generator_losses
     calls = []
@@ -513,8 +567,16 @@ def test_stage_writes_model_metrics_plot(expert_project, tmp_path, variant):
     assert g.use_memory == (variant == "memory")
     assert (mine / f"models/generator/{variant}/samples.png").is_file()
     assert not list(mine.glob("work/train_generator/*"))
-    bad = run_cli(["train_generator", "--variant", "memory" if variant == "no_memory" else "no_memory",
-                   "--params", "missing.yaml"], cwd=mine)
+    bad = run_cli(
+        [
+            "train_generator",
+            "--variant",
+            "memory" if variant == "no_memory" else "no_memory",
+            "--params",
+            "missing.yaml",
+        ],
+        cwd=mine,
+    )
     assert bad.returncode != 0
 
 
@@ -526,9 +588,22 @@ def test_stage_writes_model_metrics_plot(expert_project, tmp_path, variant):
 # The memory is the paper's here (its own lip encoder, no audio withheld): the default recipe's lip
 # encoder is the expert's face encoder, and this expert knows nothing; with it, half the frames
 # drawn from the readout alone scored mouth L1 0.111 against the composite's 0.076.
-PROOF_RUN = dict(width=0.125, batch_size=4, max_steps=150, eval_every=75, checkpoint_every=75, log_every=10,
-                 lr_decay_from=150, gan_warmup=100, sync_warmup=150, val_samples=8,
-                 lip_encoder="own", audio_drop=0.0, query_norm="none", memory_lr_scale=1.0)
+PROOF_RUN = dict(
+    width=0.125,
+    batch_size=4,
+    max_steps=150,
+    eval_every=75,
+    checkpoint_every=75,
+    log_every=10,
+    lr_decay_from=150,
+    gan_warmup=100,
+    sync_warmup=150,
+    val_samples=8,
+    lip_encoder="own",
+    audio_drop=0.0,
+    query_norm="none",
+    memory_lr_scale=1.0,
+)
 
 
 def test_a_short_run_beats_the_composite_with_a_mouth_that_follows_the_audio(tmp_path):
@@ -545,8 +620,9 @@ def test_a_short_run_beats_the_composite_with_a_mouth_that_follows_the_audio(tmp
 
     talking_blobs.write_store(tmp_path / "data/processed/embedded", clips={"train": 24, "val": 6, "test": 2})
     p = default_params()
-    p["sync_expert"].update(width=0.0625, batch_size=16, windows_per_clip=4, max_steps=10, eval_every=5,
-                            val_samples=16, warmup_steps=2)
+    p["sync_expert"].update(
+        width=0.0625, batch_size=16, windows_per_clip=4, max_steps=10, eval_every=5, val_samples=16, warmup_steps=2
+    )
     p["sync_check"]["max_offset"] = 15  # the 10-step expert must not exclude clips
     p["generator"].update(PROOF_RUN)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))

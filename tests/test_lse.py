@@ -1,4 +1,5 @@
 """LSE-D / LSE-C: SyncNet v2's weight layout, the offset search, syncnet_python's inputs (real ffmpeg)."""
+
 from __future__ import annotations
 
 import cv2
@@ -46,6 +47,7 @@ def clip(tmp_path_factory):
 
 # ----------------------------------------------------------------------------- (a) weights
 
+
 def test_public_layout_loads_strictly(weights):
     state = torch.load(weights, map_location="cpu", weights_only=True)
     assert type(state) is dict and "netcnnlip.18.weight" in state and "netfcaud.3.weight" in state
@@ -70,7 +72,9 @@ def test_bad_weights_name_the_file_and_the_problem(weights, tmp_path):
         lse.load_syncnet_v2(missing)
     shaped = tmp_path / "shaped.model"
     torch.save({**state, "netfcaud.3.weight": torch.zeros(512, 512)}, shaped)
-    with pytest.raises(PipelineError, match=r"shaped\.model.*netfcaud\.3\.weight has shape \(512, 512\), expected \(1024, 512\)"):
+    with pytest.raises(
+        PipelineError, match=r"shaped\.model.*netfcaud\.3\.weight has shape \(512, 512\), expected \(1024, 512\)"
+    ):
         lse.load_syncnet_v2(shaped)
     garbage = tmp_path / "garbage.model"
     garbage.write_bytes(b"not a checkpoint")
@@ -82,11 +86,12 @@ def test_bad_weights_name_the_file_and_the_problem(weights, tmp_path):
 
 # ----------------------------------------------------------------------------- (b) offset search
 
+
 def _reference_mean_dists(v, a, vshift):
     """The original's loop, written out: video window i against padded audio rows i .. i+2*vshift."""
     win = 2 * vshift + 1
     padded = F.pad(a, (0, 0, vshift, vshift))
-    rows = [F.pairwise_distance(v[[i], :].repeat(win, 1), padded[i:i + win]) for i in range(len(v))]
+    rows = [F.pairwise_distance(v[[i], :].repeat(win, 1), padded[i : i + win]) for i in range(len(v))]
     return torch.stack(rows, 1).mean(1)
 
 
@@ -110,6 +115,7 @@ def test_offset_search_finds_a_known_shift(k):
 
 
 # ----------------------------------------------------------------------------- (c, d) inputs
+
 
 def test_video_inputs_are_syncnet_pythons(clip, tmp_path):
     frames, mfcc, n_samples = lse.video_inputs(clip, tmp_path)
@@ -156,7 +162,7 @@ def test_windows_are_arranged_as_the_original(clip, weights, tmp_path):
     cc = torch.from_numpy(mfcc[None, None].astype(float)).float()
     with torch.no_grad():
         for i in (0, len(v) - 1):
-            lip = model.forward_lip(torch.from_numpy(im[:, :, i:i + 5].astype(float)).float())
-            aud = model.forward_aud(cc[:, :, :, 4 * i:4 * i + 20])
+            lip = model.forward_lip(torch.from_numpy(im[:, :, i : i + 5].astype(float)).float())
+            aud = model.forward_aud(cc[:, :, :, 4 * i : 4 * i + 20])
             torch.testing.assert_close(v[i], lip[0], rtol=1e-4, atol=1e-4)
             torch.testing.assert_close(a[i], aud[0], rtol=1e-4, atol=1e-4)

@@ -1,6 +1,7 @@
 """The memory analysis (pipeline/evaluate/memory_analysis.py) on inputs whose answer is known:
 synthetic addresses with known information, and tiny generators whose decoder reads the memory
 readout or ignores it."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -68,8 +69,13 @@ class FakeStore:
 
     def __init__(self, n_clips=2, n=13, size=96, seed=0):
         rng = np.random.default_rng(seed)
-        self.clips = {f"c{k}": (rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8),
-                                rng.normal(0, 2, (n * 16 // 5 + 16, 80)).astype(np.float32)) for k in range(n_clips)}
+        self.clips = {
+            f"c{k}": (
+                rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8),
+                rng.normal(0, 2, (n * 16 // 5 + 16, 80)).astype(np.float32),
+            )
+            for k in range(n_clips)
+        }
 
     def frames(self, cid):
         return self.clips[cid][0]
@@ -128,8 +134,9 @@ def test_audio_drop_withholds_the_direct_audio_from_some_frames_in_training_only
     g = Generator(96, 0.125, slots=12, audio_drop=0.5)
     seen = []
     real_decode = g.decode
-    g.decode = lambda audio, lip_feature, skips, base=None: seen.append(audio.detach()) or real_decode(
-        audio, lip_feature, skips, base)
+    g.decode = lambda audio, lip_feature, skips, base=None: (
+        seen.append(audio.detach()) or real_decode(audio, lip_feature, skips, base)
+    )
     b = fake_batch(b=8, t=5)
     g.train()
     out = g(b["masked"], b["reference"], b["mel"], b["lip"])
@@ -145,7 +152,9 @@ def test_audio_drop_withholds_the_direct_audio_from_some_frames_in_training_only
     with torch.no_grad():
         g(b["masked"], b["reference"], b["mel"])
     assert (seen[0].abs().sum(1) > 0).all()
-    assert Generator(96, 0.125, use_memory=False, audio_drop=0.5).config()["audio_drop"] == 0.0  # nothing to read instead
+    assert (
+        Generator(96, 0.125, use_memory=False, audio_drop=0.5).config()["audio_drop"] == 0.0
+    )  # nothing to read instead
     with pytest.raises(ValueError, match="audio_drop"):
         Generator(96, 0.125, audio_drop=1.0)
 

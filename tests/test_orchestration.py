@@ -1,9 +1,10 @@
-"""DESIGN §3: Snakemake and DVC run the same graph from params.yaml, and both cache.
+"""docs/design.md §3: Snakemake and DVC run the same graph from params.yaml, and both cache.
 
 The one-truth test reads the Snakemake DAG (through its API) and dvc.yaml's resolved stages and
 compares, stage by stage, the command, the data and code inputs, the params and the outputs.
 The caching tests run both tools for real in temporary copies of the repository.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
-from conftest import clone_run, copy_repo, git_env, run_tool as run, set_params, tiny_params, tool_env, venv_bin
+from conftest import clone_run, copy_repo, git_env, set_params, tiny_params, tool_env, venv_bin
+from conftest import run_tool as run
 
 
 def snakemake_jobs(root: Path) -> dict[str, dict]:
@@ -43,7 +44,7 @@ with SnakemakeApi(OutputSettings()) as api:
     print("JOBS=" + json.dumps(out))
 """
     proc = run(["python", "-c", script], root)
-    line = [l for l in proc.stdout.splitlines() if l.startswith("JOBS=")][-1]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("JOBS=")][-1]
     import json
 
     return json.loads(line[5:])
@@ -65,7 +66,7 @@ print("STAGES=" + json.dumps(out))
     proc = run(["python", "-c", script], root)
     import json
 
-    return json.loads([l for l in proc.stdout.splitlines() if l.startswith("STAGES=")][-1][7:])
+    return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("STAGES=")][-1][7:])
 
 
 @pytest.fixture
@@ -90,9 +91,12 @@ def test_snakemake_and_dvc_run_the_same_graph(repo_copy, dataset):
         # the planned differences: where DVC depends on a folder as a whole (its templating cannot
         # expand a list into deps), Snakemake lists every file or folder in it one by one
         p = yaml.safe_load((repo_copy / "params.yaml").read_text())
-        folders = {f"data/processed/{ds}/shards": [f"data/processed/{ds}/shards/shard-{k}" for k in p["preprocess"]["shards"]],
-                   "models/generator": [f"models/generator/{v}" for v in p["generator"]["variants"]],
-                   "plots": ["plots/train_sync_expert.csv"] + [f"plots/train_generator_{v}.csv" for v in p["generator"]["variants"]]}
+        folders = {
+            f"data/processed/{ds}/shards": [f"data/processed/{ds}/shards/shard-{k}" for k in p["preprocess"]["shards"]],
+            "models/generator": [f"models/generator/{v}" for v in p["generator"]["variants"]],
+            "plots": ["plots/train_sync_expert.csv"]
+            + [f"plots/train_generator_{v}.csv" for v in p["generator"]["variants"]],
+        }
         for folder, members in folders.items():
             if folder in d["inputs"]:
                 assert sorted(i for i in smk_inputs if i.startswith(folder + "/")) == sorted(members), (name, folder)
@@ -115,8 +119,17 @@ def test_snakemake_and_dvc_run_the_same_graph(repo_copy, dataset):
 
 
 # modules every stage uses to read params, name paths and log; they are not per-stage code
-PLUMBING = {"pipeline/__init__.py", "pipeline/cli.py", "pipeline/config.py", "pipeline/errors.py", "pipeline/paths.py",
-            "pipeline/runtime.py", "pipeline/stages.py", "pipeline/tracking.py", "pipeline/mp_solutions.py"}
+PLUMBING = {
+    "pipeline/__init__.py",
+    "pipeline/cli.py",
+    "pipeline/config.py",
+    "pipeline/errors.py",
+    "pipeline/paths.py",
+    "pipeline/runtime.py",
+    "pipeline/stages.py",
+    "pipeline/tracking.py",
+    "pipeline/mp_solutions.py",
+}
 
 
 def _pipeline_imports(root: Path, path: Path) -> set[Path]:
@@ -164,8 +177,11 @@ def test_every_stage_declares_the_code_it_runs():
 
 
 def test_every_rule_has_log_benchmark_threads():
-    text = "\n".join(p.read_text() for p in Path("workflow/rules").glob("*.smk")) if Path("workflow/rules").exists() else \
-        "\n".join(p.read_text() for p in (Path(__file__).parents[1] / "workflow/rules").glob("*.smk"))
+    text = (
+        "\n".join(p.read_text() for p in Path("workflow/rules").glob("*.smk"))
+        if Path("workflow/rules").exists()
+        else "\n".join(p.read_text() for p in (Path(__file__).parents[1] / "workflow/rules").glob("*.smk"))
+    )
     rules = re.split(r"^rule ", text, flags=re.M)[1:]
     assert rules
     for body in rules:
@@ -296,13 +312,18 @@ def test_dvc_caches_and_reruns_only_what_changed(tiny_run, tmp_path):
     # the same params through Snakemake (the tiny_run) gave the same data: the tools agree on outputs
     for table in ("data/manifests/embedded.parquet", "data/processed/embedded/index.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(root / table), pd.read_parquet(tiny_run / table))
-    for table in ("metrics/train_sync_expert.json", "metrics/sync_check.json",  # seeded CPU training
-                  "metrics/train_generator_memory.json", "metrics/train_generator_no_memory.json",
-                  "metrics/evaluate.json"):
-        assert json.loads((root / table).read_text()) | {"train_seconds": 0} == \
-            json.loads((tiny_run / table).read_text()) | {"train_seconds": 0}, table
+    for table in (
+        "metrics/train_sync_expert.json",
+        "metrics/sync_check.json",  # seeded CPU training
+        "metrics/train_generator_memory.json",
+        "metrics/train_generator_no_memory.json",
+        "metrics/evaluate.json",
+    ):
+        assert json.loads((root / table).read_text()) | {"train_seconds": 0} == json.loads(
+            (tiny_run / table).read_text()
+        ) | {"train_seconds": 0}, table
     for k in (0, 1):
-        meta = "data/processed/embedded/shards/shard-{}/meta.json".format(k)
+        meta = f"data/processed/embedded/shards/shard-{k}/meta.json"
         assert (root / meta).read_text() == (tiny_run / meta).read_text()  # same bytes, same checksums
     # every output of the two runs is the same byte for byte (no timing or run id is written into
     # one): under the lock DVC wrote, the Snakemake run's outputs are only not yet in DVC's cache,
@@ -384,8 +405,14 @@ def test_a_killed_generator_continues_under_snakemake_and_under_dvc(tiny_run, tm
     exe = lambda *cmd: [str(venv_bin() / cmd[0]), *cmd[1:]]
     # (the stages after the generator are left out: they are not what this test is about)
     until = ("--until", "train_generator")
-    smk = subprocess.Popen(exe("snakemake", "--cores", "2", *until), cwd=repo_copy, env=tool_env(repo_copy),
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    smk = subprocess.Popen(
+        exe("snakemake", "--cores", "2", *until),
+        cwd=repo_copy,
+        env=tool_env(repo_copy),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     killed_at = kill_after_checkpoint(repo_copy, smk)
     assert smk.returncode != 0 and 2 <= killed_at < 24
     run(["snakemake", "--cores", "2", *until], repo_copy)
@@ -400,8 +427,14 @@ def test_a_killed_generator_continues_under_snakemake_and_under_dvc(tiny_run, tm
     params["generator"]["lr_g"] = 2e-4
     set_params(repo_copy, params)
     assert dvc_changed(repo_copy) == {"train_generator@memory"}
-    repro = subprocess.Popen(exe("dvc", "repro", "train_generator@memory"), cwd=repo_copy, env=tool_env(repo_copy),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    repro = subprocess.Popen(
+        exe("dvc", "repro", "train_generator@memory"),
+        cwd=repo_copy,
+        env=tool_env(repo_copy),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     killed_at = kill_after_checkpoint(repo_copy, repro)
     assert repro.returncode != 0
     out = run(["dvc", "repro", "train_generator@memory"], repo_copy).stdout

@@ -1,4 +1,5 @@
 """The preprocess and gather stages on real clips: crops, failures, resume, the store."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import REPO, default_params, lrw_from_corpus, run_cli
+
 from pipeline.io import ffmpeg
 from pipeline.io.store import Store
 from pipeline.preprocess import crops
@@ -60,8 +61,9 @@ def test_crops_are_aligned_across_clips_and_poses(processed):
     work, params = processed
     store = Store(work / "data/processed/lrw")
     size = params["preprocess"]["img_size"]
-    points = np.concatenate([np.stack([crops.anchor_points(f) for f in store.landmarks(c)])
-                             for c in store.index.clip_id])
+    points = np.concatenate(
+        [np.stack([crops.anchor_points(f) for f in store.landmarks(c)]) for c in store.index.clip_id]
+    )
     err = np.abs(points - crops.TEMPLATE * size)
     assert err.mean() < 1.0 and np.percentile(err, 99) < 3.0, (err.mean(), np.percentile(err, 99))
     frames = store.frames(store.index.clip_id[0], 3, 8)
@@ -101,8 +103,14 @@ def test_rerun_after_kill_redoes_only_unfinished_clips(embedded_corpus, tmp_path
     root = lrw_from_corpus(corpus_dir, tmp_path / "LRW", bad=False)
     lrw_project(tmp_path, root, workers=1)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "preprocess", "--shard", "0"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "preprocess", "--shard", "0"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     # finished clips only: a clip being written is a hidden temporary (.<name>.tmp-<pid>.npz)
     finished = lambda: [p for p in tmp_path.glob("work/preprocess/*/shard-0/*.npz") if not p.name.startswith(".")]
     deadline = time.time() + 120
@@ -135,7 +143,10 @@ def test_shard_fails_when_too_many_clips_are_rejected(embedded_corpus, tmp_path)
     train[0].write_bytes(good)
     os.utime(train[0], ns=(stat.st_atime_ns, stat.st_mtime_ns))
     proc = run_cli(["preprocess", "--shard", "0", "--log", "re.log"], cwd=tmp_path, check=True)
-    assert "6 already done" in (tmp_path / "re.log").read_text() and "1 rejected before tried again" in (tmp_path / "re.log").read_text()
+    assert (
+        "6 already done" in (tmp_path / "re.log").read_text()
+        and "1 rejected before tried again" in (tmp_path / "re.log").read_text()
+    )
     assert "clips=7" in proc.stdout
 
 

@@ -1,14 +1,14 @@
-"""The cluster path on a real single-node SLURM (DESIGN §10): the whole graph through the SLURM
+"""The cluster path on a real single-node SLURM (docs/design.md §10): the whole graph through the SLURM
 profile and Snakemake's executor plugin, preemption (SIGUSR1, checkpoint, requeue, resume), DDP
 across SLURM tasks, and a failing shard job. Never a mock: munged, slurmctld and slurmd run for
 the session (tests/slurm_cluster.py). In CI these tests must run; elsewhere they are skipped
 when SLURM is not installed."""
+
 from __future__ import annotations
 
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -16,7 +16,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
 from conftest import clone_run, copy_repo, git_env, run_tool, set_params, tiny_params, tool_env, venv_bin
 from slurm_cluster import Cluster, missing_tools
 
@@ -24,8 +23,17 @@ pytestmark = pytest.mark.slow
 
 # the SLURM profile as a user runs it, with the test node's 2 CPUs per multi-core job and quick
 # status polling (a real cluster is polled every 10 s and first checked after 40 s)
-FAST = ["--cores", "2", "--seconds-between-status-checks", "1", "--slurm-init-seconds-before-status-checks", "1",
-        "--slurm-keep-successful-logs", "--latency-wait", "5"]
+FAST = [
+    "--cores",
+    "2",
+    "--seconds-between-status-checks",
+    "1",
+    "--slurm-init-seconds-before-status-checks",
+    "1",
+    "--slurm-keep-successful-logs",
+    "--latency-wait",
+    "5",
+]
 SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")
 
 
@@ -34,8 +42,10 @@ def cluster(tmp_path_factory):
     missing = missing_tools()
     if missing:
         if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must run the SLURM tests, but {', '.join(missing)} is missing "
-                        "(.ci/run installs Debian's slurm-wlm and munge)")
+            pytest.fail(
+                f"CI must run the SLURM tests, but {', '.join(missing)} is missing "
+                "(.ci/run installs Debian's slurm-wlm and munge)"
+            )
         pytest.skip(f"SLURM is not installed here ({', '.join(missing)} missing): apt-get install slurm-wlm munge")
     c = Cluster(tmp_path_factory.mktemp("slurm")).start()
     yield c
@@ -59,13 +69,26 @@ def test_whole_graph_through_the_slurm_profile(cluster, tiny_run, tmp_path):
     seconds = time.time() - started
     out = proc.stdout + proc.stderr
     jobs = submitted(out)
-    rules = ["acquire", "index", "preprocess", "preprocess", "gather", "train_sync_expert", "sync_check",
-             "train_generator", "train_generator", "evaluate", "demo", "report"]
+    rules = [
+        "acquire",
+        "index",
+        "preprocess",
+        "preprocess",
+        "gather",
+        "train_sync_expert",
+        "sync_check",
+        "train_generator",
+        "train_generator",
+        "evaluate",
+        "demo",
+        "report",
+    ]
     assert len(jobs) == len(rules), out[-3000:]
     assert len({j for j, _ in jobs}) == len(jobs)  # one sbatch submission per job
-    assert sorted(Path(log).relative_to(root / ".snakemake/slurm_logs").parts[0] for _, log in jobs) == \
-        sorted(f"rule_{r}" for r in rules)
-    for job_id, log in jobs:  # the job ran on the cluster, and the stage's log says which job it was
+    assert sorted(Path(log).relative_to(root / ".snakemake/slurm_logs").parts[0] for _, log in jobs) == sorted(
+        f"rule_{r}" for r in rules
+    )
+    for _job_id, log in jobs:  # the job ran on the cluster, and the stage's log says which job it was
         assert Path(log).is_file(), log
     stage_logs = "".join(p.read_text() for p in (root / "logs").glob("*.log"))
     for job_id, _ in jobs:
@@ -79,8 +102,10 @@ def test_whole_graph_through_the_slurm_profile(cluster, tiny_run, tmp_path):
         local = json.loads((tiny_run / f"metrics/{name}.json").read_text())
         assert ours | {"train_seconds": 0} == local | {"train_seconds": 0}, name
     local_seconds = float((tiny_run / ".run_seconds").read_text())
-    print(f"\nwhole tiny graph: SLURM {seconds:.0f} s, local {local_seconds:.0f} s "
-          f"(x{seconds / local_seconds:.2f}), {len(jobs)} sbatch jobs")
+    print(
+        f"\nwhole tiny graph: SLURM {seconds:.0f} s, local {local_seconds:.0f} s "
+        f"(x{seconds / local_seconds:.2f}), {len(jobs)} sbatch jobs"
+    )
 
     again = snakemake_slurm(root, cluster)
     assert "Nothing to be done" in again.stdout + again.stderr and not submitted(again.stdout + again.stderr)
@@ -102,8 +127,14 @@ def test_preempted_training_checkpoints_requeues_and_ends_as_an_uninterrupted_ru
     params["generator"].update(variants=["memory"], max_steps=40, checkpoint_every=2, eval_every=20)
     set_params(root, params)
     exe = [str(venv_bin() / "snakemake"), "--profile", "workflow/profiles/slurm", *FAST, "--until", "train_generator"]
-    smk = subprocess.Popen(exe, cwd=root, env={**tool_env(root), **cluster.env}, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
+    smk = subprocess.Popen(
+        exe,
+        cwd=root,
+        env={**tool_env(root), **cluster.env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         job = running_job(cluster)
         deadline = time.time() + 180
@@ -113,7 +144,9 @@ def test_preempted_training_checkpoints_requeues_and_ends_as_an_uninterrupted_ru
         # what SLURM does 300 s before the time limit with the profile's --signal=USR1@300
         cluster.run("scancel", "--signal=USR1", job)
         deadline = time.time() + 120
-        while not re.search(r"JobState=PENDING Reason=BeginTime.*Restarts=1", cluster.run("scontrol", "show", "job", job).stdout, re.S):
+        while not re.search(
+            r"JobState=PENDING Reason=BeginTime.*Restarts=1", cluster.run("scontrol", "show", "job", job).stdout, re.S
+        ):
             assert time.time() < deadline and smk.poll() is None, "the job was not requeued"
             time.sleep(0.2)
         # SLURM holds a requeued job for 120 s before it may start again; the test shortens the hold
@@ -134,8 +167,21 @@ def test_preempted_training_checkpoints_requeues_and_ends_as_an_uninterrupted_ru
     # the same params run in one go, locally: the same weights
     other = clone_run(tiny_run, tmp_path / "other")
     set_params(other, params)
-    run_tool(["python", "-m", "pipeline", "train_generator", "--variant", "memory", "--params", "params.yaml",
-              "--log", "logs/train_generator-memory.log"], other)
+    run_tool(
+        [
+            "python",
+            "-m",
+            "pipeline",
+            "train_generator",
+            "--variant",
+            "memory",
+            "--params",
+            "params.yaml",
+            "--log",
+            "logs/train_generator-memory.log",
+        ],
+        other,
+    )
     a = torch.load(root / "models/generator/memory/generator.pt", weights_only=False)
     b = torch.load(other / "models/generator/memory/generator.pt", weights_only=False)
     sa, sb = a.get("state_dict", a), b.get("state_dict", b)
@@ -155,10 +201,25 @@ def test_ddp_across_two_slurm_tasks(cluster, tiny_run, tmp_path):
     python = venv_bin() / "python"
     out = tmp_path / "job.out"
     proc = subprocess.run(
-        ["sbatch", "--parsable", "--wait", "--ntasks=2", "--cpus-per-task=1", "-o", str(out), "-D", str(root),
-         "--wrap", f"srun {python} -m pipeline train_generator --variant memory --params params.yaml "
-                   "--log logs/train_generator-memory.log"],
-        env=env, capture_output=True, text=True, timeout=600)
+        [
+            "sbatch",
+            "--parsable",
+            "--wait",
+            "--ntasks=2",
+            "--cpus-per-task=1",
+            "-o",
+            str(out),
+            "-D",
+            str(root),
+            "--wrap",
+            f"srun {python} -m pipeline train_generator --variant memory --params params.yaml "
+            "--log logs/train_generator-memory.log",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     text = out.read_text() if out.exists() else ""
     assert proc.returncode == 0, f"{proc.stderr}\n{text[-3000:]}"
     log = (root / "logs/train_generator-memory.log").read_text()
@@ -198,6 +259,8 @@ def test_a_failing_shard_job_is_reported_and_only_it_reruns(cluster, tiny_run, t
     shard0 = (root / "data/processed/embedded/shards/shard-0/meta.json").stat().st_mtime_ns
     again = snakemake_slurm(root, cluster, "--until", "preprocess")
     jobs = submitted(again.stdout + again.stderr)
-    assert [Path(log).relative_to(root / ".snakemake/slurm_logs").parts[:2] for _, log in jobs] == [("rule_preprocess", "1")]
+    assert [Path(log).relative_to(root / ".snakemake/slurm_logs").parts[:2] for _, log in jobs] == [
+        ("rule_preprocess", "1")
+    ]
     assert "1 rejected before tried again" in (root / "logs/preprocess-1.log").read_text()
     assert (root / "data/processed/embedded/shards/shard-0/meta.json").stat().st_mtime_ns == shard0

@@ -1,4 +1,5 @@
 """The sync-expert training stage: exact resume, DDP with gloo, preemption, and sync_check."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,8 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-
 from conftest import REPO, default_params, run_cli
+
 from pipeline.train import loop, sync_expert
 
 
@@ -22,8 +23,21 @@ def tiny_view(work, **changes):
     p = default_params()
     p["data"]["dataset"] = "lrw"
     cfg = p["sync_expert"]
-    cfg.update({**dict(width=0.0625, batch_size=16, windows_per_clip=4, max_steps=6, eval_every=3, val_samples=16,
-                       log_every=1, warmup_steps=2), **changes})
+    cfg.update(
+        {
+            **dict(
+                width=0.0625,
+                batch_size=16,
+                windows_per_clip=4,
+                max_steps=6,
+                eval_every=3,
+                val_samples=16,
+                log_every=1,
+                warmup_steps=2,
+            ),
+            **changes,
+        }
+    )
     return {"data": {"dataset": "lrw"}, "preprocess": {"img_size": 96}, "sync_expert": cfg}
 
 
@@ -92,8 +106,14 @@ def test_stage_writes_model_metrics_plot_and_survives_sigterm(processed, tmp_pat
     p["sync_expert"] = tiny_view(proj, max_steps=60, eval_every=20, processes=processes)["sync_expert"]
     (proj / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "train_sync_expert"], cwd=proj, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "train_sync_expert"],
+        cwd=proj,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not list(proj.glob("work/train_sync_expert/*/checkpoint.pt")):
         time.sleep(0.1)
@@ -113,7 +133,9 @@ def test_stage_writes_model_metrics_plot_and_survives_sigterm(processed, tmp_pat
         assert min(hit, fa) - 1e-6 <= metrics[f"{split}_acc"] <= max(hit, fa) + 1e-6
         assert 0 <= metrics[f"{split}_auc"] <= 1
     plot = pd.read_csv(proj / "plots/train_sync_expert.csv")
-    assert list(plot.step) == list(range(1, 61)) and plot.val_loss.notna().sum() == 3 and plot.val_auc.notna().sum() == 3
+    assert (
+        list(plot.step) == list(range(1, 61)) and plot.val_loss.notna().sum() == 3 and plot.val_auc.notna().sum() == 3
+    )
     assert (proj / "models/sync_expert/expert.pt").is_file() and (proj / "models/sync_expert/last.pt").is_file()
     assert not list(proj.glob("work/train_sync_expert/*"))
 

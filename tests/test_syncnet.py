@@ -1,5 +1,6 @@
 """The sync expert's network: shapes, Wav2Lip weights and their input convention, the losses,
 exact resume, and DDP with gloo."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,13 +12,41 @@ from pipeline.train import expert_io
 
 # Wav2Lip's SyncNet_color, restated as (cin, cout, kernel) per block: the layout its
 # lipsync_expert.pth has (models/syncnet.py + models/conv.py of Rudrabha/Wav2Lip).
-W2L_FACE = [(15, 32, (7, 7)), (32, 64, (5, 5)), (64, 64, (3, 3)), (64, 64, (3, 3)), (64, 128, (3, 3)),
-            (128, 128, (3, 3)), (128, 128, (3, 3)), (128, 128, (3, 3)), (128, 256, (3, 3)), (256, 256, (3, 3)),
-            (256, 256, (3, 3)), (256, 512, (3, 3)), (512, 512, (3, 3)), (512, 512, (3, 3)), (512, 512, (3, 3)),
-            (512, 512, (3, 3)), (512, 512, (1, 1))]
-W2L_AUDIO = [(1, 32, (3, 3)), (32, 32, (3, 3)), (32, 32, (3, 3)), (32, 64, (3, 3)), (64, 64, (3, 3)),
-             (64, 64, (3, 3)), (64, 128, (3, 3)), (128, 128, (3, 3)), (128, 128, (3, 3)), (128, 256, (3, 3)),
-             (256, 256, (3, 3)), (256, 256, (3, 3)), (256, 512, (3, 3)), (512, 512, (1, 1))]
+W2L_FACE = [
+    (15, 32, (7, 7)),
+    (32, 64, (5, 5)),
+    (64, 64, (3, 3)),
+    (64, 64, (3, 3)),
+    (64, 128, (3, 3)),
+    (128, 128, (3, 3)),
+    (128, 128, (3, 3)),
+    (128, 128, (3, 3)),
+    (128, 256, (3, 3)),
+    (256, 256, (3, 3)),
+    (256, 256, (3, 3)),
+    (256, 512, (3, 3)),
+    (512, 512, (3, 3)),
+    (512, 512, (3, 3)),
+    (512, 512, (3, 3)),
+    (512, 512, (3, 3)),
+    (512, 512, (1, 1)),
+]
+W2L_AUDIO = [
+    (1, 32, (3, 3)),
+    (32, 32, (3, 3)),
+    (32, 32, (3, 3)),
+    (32, 64, (3, 3)),
+    (64, 64, (3, 3)),
+    (64, 64, (3, 3)),
+    (64, 128, (3, 3)),
+    (128, 128, (3, 3)),
+    (128, 128, (3, 3)),
+    (128, 256, (3, 3)),
+    (256, 256, (3, 3)),
+    (256, 256, (3, 3)),
+    (256, 512, (3, 3)),
+    (512, 512, (1, 1)),
+]
 
 
 def wav2lip_checkpoint(path, seed=0):
@@ -76,7 +105,7 @@ def test_wav2lip_expert_loads_strict_and_converts_rgb_to_bgr(tmp_path):
     ckpt = tmp_path / "lipsync_expert.pth"
     sd = wav2lip_checkpoint(ckpt)
     model = expert_io.import_wav2lip(ckpt).eval()
-    assert set(model.state_dict()) == {k[len("module."):] for k in sd}
+    assert set(model.state_dict()) == {k[len("module.") :] for k in sd}
     assert model.input_channels == "bgr"
     torch.manual_seed(0)
     faces_rgb = torch.rand(2, 15, 48, 96)
@@ -112,7 +141,6 @@ def test_wrong_layout_is_refused(tmp_path):
 
 def test_import_expert_command_sets_params(tmp_path):
     import yaml
-
     from conftest import REPO, run_cli
 
     ckpt = tmp_path / "lipsync_expert.pth"

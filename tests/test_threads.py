@@ -6,6 +6,7 @@ it may use before numpy or torch loads (runtime.pin_threads), and a resumed trai
 thread count its checkpoint records. "The same bytes" covers one machine: another CPU sums in
 another order (and bf16 where this one computes fp32).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,6 @@ import time
 import pytest
 import torch
 import yaml
-
 from conftest import REPO, clone_run, tool_env, venv_bin
 
 PROBE = """
@@ -44,8 +44,14 @@ def test_every_library_starts_with_the_pinned_count_whatever_the_parent_exported
     from pipeline.runtime import available_cores
 
     cores = available_cores()
-    seen = [probe(env) for env in ({}, {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
-                                    {"OMP_NUM_THREADS": str(cores + 3), "OPENBLAS_NUM_THREADS": "1"})]
+    seen = [
+        probe(env)
+        for env in (
+            {},
+            {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+            {"OMP_NUM_THREADS": str(cores + 3), "OPENBLAS_NUM_THREADS": "1"},
+        )
+    ]
     for s in seen:
         assert s["n"] == cores and s["torch"] == cores, s
         assert set(s["env"].values()) == {str(cores)}, s
@@ -55,8 +61,17 @@ def test_every_library_starts_with_the_pinned_count_whatever_the_parent_exported
 
 
 def train(root, *, env: dict | None = None, prefix: tuple = (), check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [*prefix, str(venv_bin() / "python"), "-m", "pipeline", "train_generator", "--variant", "no_memory",
-           "--log", "logs/train_generator-no_memory.log"]
+    cmd = [
+        *prefix,
+        str(venv_bin() / "python"),
+        "-m",
+        "pipeline",
+        "train_generator",
+        "--variant",
+        "no_memory",
+        "--log",
+        "logs/train_generator-no_memory.log",
+    ]
     full = {k: v for k, v in tool_env(root).items() if not k.endswith("_NUM_THREADS")}
     proc = subprocess.run(cmd, cwd=root, env={**full, **(env or {})}, capture_output=True, text=True)
     if check:
@@ -65,8 +80,10 @@ def train(root, *, env: dict | None = None, prefix: tuple = (), check: bool = Tr
 
 
 def outputs(root) -> tuple[bytes, dict]:
-    return ((root / "models/generator/no_memory/generator.pt").read_bytes(),
-            json.loads((root / "metrics/train_generator_no_memory.json").read_text()))
+    return (
+        (root / "models/generator/no_memory/generator.pt").read_bytes(),
+        json.loads((root / "metrics/train_generator_no_memory.json").read_text()),
+    )
 
 
 @pytest.mark.slow
@@ -98,9 +115,22 @@ def test_a_resume_on_fewer_cores_continues_with_the_threads_the_run_started_with
 
     root = clone_run(tiny_run, tmp_path / "repo")
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    cmd = ["taskset", "-c", "0,1", str(venv_bin() / "python"), "-m", "pipeline", "train_generator", "--variant",
-           "no_memory", "--log", "logs/train_generator-no_memory.log"]
-    proc = subprocess.Popen(cmd, cwd=root, env=tool_env(root), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = [
+        "taskset",
+        "-c",
+        "0,1",
+        str(venv_bin() / "python"),
+        "-m",
+        "pipeline",
+        "train_generator",
+        "--variant",
+        "no_memory",
+        "--log",
+        "logs/train_generator-no_memory.log",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=root, env=tool_env(root), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 120
     while not list(root.glob("work/train_generator/*/checkpoint.pt")):
         assert time.time() < deadline and proc.poll() is None, "no checkpoint while the stage ran"

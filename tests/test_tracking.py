@@ -1,11 +1,11 @@
 """MLflow conventions: the main repository's store, run naming, tags, params, metrics."""
+
 from __future__ import annotations
 
 import os
 import subprocess
 
 import yaml
-
 from conftest import copy_repo, git_env, run_cli, tiny_params
 
 

@@ -1,6 +1,6 @@
 """Checks of a talking-face corpus that a person would otherwise make by eye: one face per frame,
 mouth opening that follows the speech envelope at lag 0 (and not when shifted), speech coverage.
-Used by the embedded corpus's tests and by benchmarks/embedded_corpus.py."""
+Used by the embedded corpus's tests."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..io import ffmpeg
+from ..io.audio import SAMPLE_RATE
 
 
 @dataclass
@@ -26,7 +27,7 @@ def audio_envelope(audio: np.ndarray, n_frames: int, sample_rate: int, fps: floa
     return env
 
 
-def examine_clip(path: str, detector, mesh, sample_rate: int = 16000) -> ClipQC:
+def examine_clip(path: str, detector, mesh, sample_rate: int = SAMPLE_RATE) -> ClipQC:
     frames = ffmpeg.read_frames(path)
     audio = ffmpeg.read_audio(path, sample_rate)
     faces, opening = [], []

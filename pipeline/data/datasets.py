@@ -126,7 +126,7 @@ class SyncDataset(_Windows):
 
 
 class GeneratorDataset(_Windows):
-    """SyncTalkFace samples of T consecutive target frames (DESIGN §5), images in [-1, 1]:
+    """SyncTalkFace samples of T consecutive target frames (docs/design.md §5), images in [-1, 1]:
     target [T, 3, S, S]; masked (target, lower half zeroed); reference [T, 3, S, S] from another
     window of the same clip; mel [T, 1, 80, 16] (each target's window); lip [T, 3, 5, S, S]
     (the 5 frames centred on each target, upper half zeroed)."""

@@ -4,6 +4,7 @@ One column per run (newest first), rows: the tags that identify it (stage, varia
 dataset), the params whose values differ between the runs (params equal everywhere are counted,
 not shown), and the final value of every metric. Markdown (default) or CSV.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,9 +25,11 @@ def runs_table(experiment: str | None, stage: str | None, last: int) -> tuple[pd
     from ..tracking import tracking_uri
 
     uri = tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():  # never create an empty store
-        raise PipelineError(f"no MLflow store at {uri[len('sqlite:///'):]}: run a stage first, or run compare from "
-                            f"the project's folder (or set MLFLOW_TRACKING_URI)")
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():  # never create an empty store
+        raise PipelineError(
+            f"no MLflow store at {uri[len('sqlite:///') :]}: run a stage first, or run compare from "
+            f"the project's folder (or set MLFLOW_TRACKING_URI)"
+        )
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
     exps = client.search_experiments()
@@ -36,8 +39,9 @@ def runs_table(experiment: str | None, stage: str | None, last: int) -> tuple[pd
             raise PipelineError(f"no MLflow experiment named {experiment!r} in {tracking_uri()}")
     exps = [e for e in exps if e.name.startswith("synctalkface-")] or exps
     filt = f"tags.stage = '{stage}'" if stage else ""
-    runs = client.search_runs([e.experiment_id for e in exps], filter_string=filt, order_by=["attributes.start_time DESC"],
-                              max_results=last)
+    runs = client.search_runs(
+        [e.experiment_id for e in exps], filter_string=filt, order_by=["attributes.start_time DESC"], max_results=last
+    )
     if not runs:
         raise PipelineError(f"no runs found in {tracking_uri()}" + (f" for stage {stage}" if stage else ""))
     cols, params = {}, {}
@@ -52,8 +56,11 @@ def runs_table(experiment: str | None, stage: str | None, last: int) -> tuple[pd
     for name in cols:
         cols[name].update({f"param.{k}": params[name].get(k, "") for k in differing})
     table = pd.DataFrame(cols)
-    order = [i for i in table.index if i.startswith("tag.")] + sorted(i for i in table.index if i.startswith("param.")) \
+    order = (
+        [i for i in table.index if i.startswith("tag.")]
+        + sorted(i for i in table.index if i.startswith("param."))
         + sorted(i for i in table.index if i.startswith("metric."))
+    )
     return table.loc[order], len(keys) - len(differing)
 
 

@@ -5,6 +5,7 @@ demo.json also says whether the mouth follows the driving speech (pipeline.evalu
 the correlation of the output's mouth opening with the driving speech's envelope and with the
 face clip's own audio (arranged as the output's frames), and the input video's own mouth against
 the driving speech (what no lip-sync gives)."""
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,8 @@ from .. import paths
 from ..errors import PipelineError
 from ..infer import infer, ping_pong, read_speech
 from ..io import ffmpeg
-from . import mouth_sync
 from ..runtime import without_timings, write_json_atomic
+from . import mouth_sync
 
 
 def pick_pairs(ds: str, k: int = 4) -> list[tuple[str, str]]:
@@ -65,10 +66,15 @@ def run(view: dict) -> dict:
         if k > 0:
             video.unlink()
     summary.update(checks[0])
-    means = {f"mean_{key}": round(float(np.nanmean([c[key] for c in checks])), 4)
-             for key in ("mouth_corr_driving", "mouth_corr_original", "input_mouth_corr_driving")}
-    summary.update(means, pairs=len(checks),
-                   pairs_following_driving=int(sum(c["mouth_corr_driving"] > c["mouth_corr_original"] for c in checks)))
+    means = {
+        f"mean_{key}": round(float(np.nanmean([c[key] for c in checks])), 4)
+        for key in ("mouth_corr_driving", "mouth_corr_original", "input_mouth_corr_driving")
+    }
+    summary.update(
+        means,
+        pairs=len(checks),
+        pairs_following_driving=int(sum(c["mouth_corr_driving"] > c["mouth_corr_original"] for c in checks)),
+    )
     write_json_atomic(tmp / "demo.json", {"variant": variant, **without_timings(summary), "per_pair": checks})
     if out.exists():
         shutil.rmtree(out)

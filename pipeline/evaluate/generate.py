@@ -6,6 +6,7 @@ pipeline.io.align (the one mapping training used); frames whose window leaves th
 nearest valid frame's window. References come from the same clip, half a clip away (the paper's
 reconstruction protocol), unless given.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,8 +24,14 @@ FORMAT = "synctalkface-generator-v1"
 
 def package(model: torch.nn.Module, step: int, metrics: dict, extra: dict | None = None) -> dict:
     m = model.module if hasattr(model, "module") else model
-    return {"format": FORMAT, "config": m.config(), "state_dict": m.state_dict(), "step": step,
-            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, **(extra or {})}
+    return {
+        "format": FORMAT,
+        "config": m.config(),
+        "state_dict": m.state_dict(),
+        "step": step,
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        **(extra or {}),
+    }
 
 
 def load_generator(path: str | Path, device: torch.device | str = "cpu") -> Generator:
@@ -61,18 +68,19 @@ def to_model(frames: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate(model: Generator, frames: np.ndarray, mels: np.ndarray, references: np.ndarray,
-             batch: int = 32) -> np.ndarray:
+def generate(
+    model: Generator, frames: np.ndarray, mels: np.ndarray, references: np.ndarray, batch: int = 32
+) -> np.ndarray:
     """frames, references uint8 [N, S, S, 3]; mels [N, 1, 80, 16] -> generated uint8 [N, S, S, 3]."""
     device = next(model.parameters()).device
     size = frames.shape[1]
     out = []
     for s in range(0, len(frames), batch):
-        target = to_model(frames[s:s + batch])
+        target = to_model(frames[s : s + batch])
         masked = target.clone()
-        masked[:, :, size // 2:] = 0.0
-        ref = to_model(references[s:s + batch])
-        mel = torch.from_numpy(mels[s:s + batch])
+        masked[:, :, size // 2 :] = 0.0
+        ref = to_model(references[s : s + batch])
+        mel = torch.from_numpy(mels[s : s + batch])
         res = model(masked[:, None].to(device), ref[:, None].to(device), mel[:, None].to(device))
         out.append(to_uint8(res["audio_frames"][:, 0]))
     return np.concatenate(out)

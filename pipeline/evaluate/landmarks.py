@@ -7,6 +7,7 @@ the size it was made for; coordinates are mapped back to crop pixels. The mesh r
 mode over each clip. LMD of a clip = the mean over frames found in both clips of the mean
 Euclidean distance between corresponding lip points, in crop pixels.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,8 +27,12 @@ class MouthLandmarks:
         from ..mp_solutions import face_mesh
 
         self._mesh_factory = lambda: face_mesh(
-            static_image_mode=False, max_num_faces=1, refine_landmarks=False,
-            min_detection_confidence=min_confidence, min_tracking_confidence=min_confidence)
+            static_image_mode=False,
+            max_num_faces=1,
+            refine_landmarks=False,
+            min_detection_confidence=min_confidence,
+            min_tracking_confidence=min_confidence,
+        )
         self.lips = np.array(lip_indices())
 
     def clip(self, frames: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""LSE-D and LSE-C (DESIGN §6): SyncNet's lip-sync error, as syncnet_python and Wav2Lip score it.
+"""LSE-D and LSE-C (docs/design.md §6): SyncNet's lip-sync error, as syncnet_python and Wav2Lip score it.
 
 Reproduces `SyncNetInstance.evaluate` (joonson/syncnet_python) in the form Wav2Lip's scripts run
 it (evaluation/scores_LSE/SyncNetInstance_calc_scores.py, calculate_scores_LRS.py: batch 20,
@@ -21,6 +21,7 @@ Without `syncnet_v2.model` the project's own expert scores instead, on its own i
 crops' lower halves, mel windows) with sync_check's procedure (cosine distance, overlapping
 windows only). Every result names its network, so no number is mixed up with published ones.
 """
+
 from __future__ import annotations
 
 import glob
@@ -36,10 +37,10 @@ from torch.nn import functional as F
 
 from ..errors import PipelineError
 from ..io import ffmpeg
+from ..io.align import FPS
+from ..io.audio import SAMPLE_RATE
 from ..models.syncnet_v2 import SyncNetV2, layout_problems
 
-FPS = 25
-SAMPLE_RATE = 16000
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
 MFCC_PER_FRAME = 4  # 10 ms steps per 40 ms frame
 MFCC_STEPS = 20  # 0.2 s, the audio of 5 frames
@@ -51,18 +52,21 @@ def load_syncnet_v2(path: str | Path, device: torch.device | str = "cpu") -> Syn
     """The public `syncnet_v2.model` (flat name -> tensor dict) in eval mode, without gradients."""
     path = Path(path)
     if not path.is_file():
-        raise PipelineError(f"{path}: SyncNet weights not found (syncnet_python's download_model.sh fetches "
-                            f"syncnet_v2.model)")
+        raise PipelineError(
+            f"{path}: SyncNet weights not found (syncnet_python's download_model.sh fetches syncnet_v2.model)"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
         raise PipelineError(f"{path}: cannot be read as PyTorch weights ({type(exc).__name__}: {exc})") from None
     if isinstance(state, dict) and any(isinstance(k, str) and k.startswith("__S__.") for k in state):
-        state = {k[len("__S__."):]: v for k, v in state.items()}  # a saved SyncNetInstance
+        state = {k[len("__S__.") :]: v for k, v in state.items()}  # a saved SyncNetInstance
     model = SyncNetV2()
     problems = layout_problems(model, state)
     if problems:
-        raise PipelineError(f"{path}: not syncnet_python's SyncNet (syncnet_v2.model) layout: " + "; ".join(problems[:6]))
+        raise PipelineError(
+            f"{path}: not syncnet_python's SyncNet (syncnet_v2.model) layout: " + "; ".join(problems[:6])
+        )
     model.load_state_dict(state, strict=True)
     model.to(device).eval()
     for p in model.parameters():
@@ -85,15 +89,46 @@ def video_inputs(mp4_path: str | Path, tmpdir: str | Path) -> VideoInputs:
 
     work = tempfile.mkdtemp(prefix="lse-", dir=tmpdir)
     try:
-        ffmpeg.run_ffmpeg(["-i", str(mp4_path), "-threads", "1", "-f", "image2", os.path.join(work, "%06d.jpg")],
-                          what=str(mp4_path))
+        ffmpeg.run_ffmpeg(
+            ["-i", str(mp4_path), "-threads", "1", "-f", "image2", os.path.join(work, "%06d.jpg")], what=str(mp4_path)
+        )
         wav = os.path.join(work, "audio.wav")
         try:
-            ffmpeg.run_ffmpeg(["-i", str(mp4_path), "-async", "1", "-ac", "1", "-vn", "-acodec", "pcm_s16le",
-                               "-ar", str(SAMPLE_RATE), wav], what=str(mp4_path))
+            ffmpeg.run_ffmpeg(
+                [
+                    "-i",
+                    str(mp4_path),
+                    "-async",
+                    "1",
+                    "-ac",
+                    "1",
+                    "-vn",
+                    "-acodec",
+                    "pcm_s16le",
+                    "-ar",
+                    str(SAMPLE_RATE),
+                    wav,
+                ],
+                what=str(mp4_path),
+            )
         except ffmpeg.FFmpegError:  # an ffmpeg without the deprecated -async: its filter equivalent
-            ffmpeg.run_ffmpeg(["-i", str(mp4_path), "-af", "aresample=async=1", "-ac", "1", "-vn",
-                               "-acodec", "pcm_s16le", "-ar", str(SAMPLE_RATE), wav], what=str(mp4_path))
+            ffmpeg.run_ffmpeg(
+                [
+                    "-i",
+                    str(mp4_path),
+                    "-af",
+                    "aresample=async=1",
+                    "-ac",
+                    "1",
+                    "-vn",
+                    "-acodec",
+                    "pcm_s16le",
+                    "-ar",
+                    str(SAMPLE_RATE),
+                    wav,
+                ],
+                what=str(mp4_path),
+            )
         names = sorted(glob.glob(os.path.join(work, "*.jpg")))
         if not names:
             raise PipelineError(f"{mp4_path}: no video frames")
@@ -108,24 +143,27 @@ def video_inputs(mp4_path: str | Path, tmpdir: str | Path) -> VideoInputs:
 
 
 @torch.no_grad()
-def features(model: SyncNetV2, frames: np.ndarray, mfcc: np.ndarray, n_samples: int | None = None,
-             batch: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+def features(
+    model: SyncNetV2, frames: np.ndarray, mfcc: np.ndarray, n_samples: int | None = None, batch: int = 20
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(video [W, 1024], audio [W, 1024]) features of windows 0 .. L-6, L = min(frames, samples // 640)."""
     if n_samples is None:
         n_samples = (mfcc.shape[1] + 1) * SAMPLE_RATE // 100  # M = 4L - 1 steps for L frames of audio
     length = min(len(frames), n_samples // SAMPLES_PER_FRAME)
     n_windows = length - WINDOW
     if n_windows < 1:
-        raise PipelineError(f"clip too short for SyncNet: {len(frames)} frames, {n_samples} audio samples "
-                            f"(needs {WINDOW + 1} frames of both)")
+        raise PipelineError(
+            f"clip too short for SyncNet: {len(frames)} frames, {n_samples} audio samples "
+            f"(needs {WINDOW + 1} frames of both)"
+        )
     device = next(model.parameters()).device
     video = torch.from_numpy(np.ascontiguousarray(frames))  # uint8 [N, H, W, 3]; float per batch
     audio = torch.from_numpy(mfcc).float()[None]  # [1, 13, M]
     v_out, a_out = [], []
     for s in range(0, n_windows, batch):
         idx = range(s, min(n_windows, s + batch))
-        v = torch.stack([video[i:i + WINDOW].permute(3, 0, 1, 2) for i in idx]).float()  # [B, 3, 5, H, W]
-        a = torch.stack([audio[:, :, MFCC_PER_FRAME * i:MFCC_PER_FRAME * i + MFCC_STEPS] for i in idx])
+        v = torch.stack([video[i : i + WINDOW].permute(3, 0, 1, 2) for i in idx]).float()  # [B, 3, 5, H, W]
+        a = torch.stack([audio[:, :, MFCC_PER_FRAME * i : MFCC_PER_FRAME * i + MFCC_STEPS] for i in idx])
         v_out.append(model.forward_lip(v.to(device)).float().cpu())
         a_out.append(model.forward_aud(a.to(device)).float().cpu())
     return torch.cat(v_out), torch.cat(a_out)
@@ -136,14 +174,20 @@ def offset_scores(video_feat: torch.Tensor, audio_feat: torch.Tensor, search: in
     (video window i against audio window i + s, zero-padded); offset > 0: audio lags video."""
     n = len(video_feat)
     padded = F.pad(audio_feat, (0, 0, search, search))
-    dists = torch.stack([F.pairwise_distance(video_feat, padded[k:k + n]) for k in range(2 * search + 1)])
+    dists = torch.stack([F.pairwise_distance(video_feat, padded[k : k + n]) for k in range(2 * search + 1)])
     mean = dists.mean(1).numpy().astype(np.float64)  # float32 means, as the original's
     k = int(np.argmin(mean))
     return k - search, float(mean[k]), float(np.median(mean) - mean[k]), mean
 
 
-def lse_clip(model: SyncNetV2, frames_bgr224: np.ndarray, mfcc: np.ndarray, search: int = 15,
-             batch: int = 20, n_samples: int | None = None):
+def lse_clip(
+    model: SyncNetV2,
+    frames_bgr224: np.ndarray,
+    mfcc: np.ndarray,
+    search: int = 15,
+    batch: int = 20,
+    n_samples: int | None = None,
+):
     """(offset, min_dist, confidence, dists) of one clip by SyncNet (see the module docstring)."""
     v, a = features(model, frames_bgr224, mfcc, n_samples, batch)
     return offset_scores(v, a, search)
@@ -162,8 +206,13 @@ class SyncNetV2Scorer:
         with tempfile.TemporaryDirectory() as tmp:
             frames, mfcc, n_samples = video_inputs(video, tmp)
         offset, dmin, conf, _ = lse_clip(self.model, frames, mfcc, self.search, self.batch, n_samples)
-        return {"network": self.network, "offset": offset, "offset_syncnet_python": -offset,
-                "min_dist": dmin, "confidence": conf}
+        return {
+            "network": self.network,
+            "offset": offset,
+            "offset_syncnet_python": -offset,
+            "min_dist": dmin,
+            "confidence": conf,
+        }
 
 
 class OwnExpertScorer:
@@ -177,8 +226,10 @@ class OwnExpertScorer:
         from ..train.expert_io import load_expert
 
         if not Path(expert_path).is_file():
-            raise PipelineError(f"{expert_path}: sync expert not found (run train_sync_expert, or give "
-                                f"syncnet_python's syncnet_v2.model)")
+            raise PipelineError(
+                f"{expert_path}: sync expert not found (run train_sync_expert, or give "
+                f"syncnet_python's syncnet_v2.model)"
+            )
         self.model = load_expert(expert_path, device)
         self.search = search
 
@@ -205,17 +256,23 @@ class OwnExpertScorer:
         return {"network": self.network, "offset": offset, "min_dist": dmin, "confidence": conf}
 
 
-def make_scorer(syncnet_v2: str | Path | None, expert_path: str | Path, device: torch.device | str = "cpu",
-                search: int = 15):
+def make_scorer(
+    syncnet_v2: str | Path | None, expert_path: str | Path, device: torch.device | str = "cpu", search: int = 15
+):
     """SyncNet v2 when its weights are given, else the project's own expert."""
     if syncnet_v2:
         return SyncNetV2Scorer(syncnet_v2, device, search)
     return OwnExpertScorer(expert_path, device, search)
 
 
-def score_videos(paths, network: str = "auto", syncnet_v2_path: str | Path | None = None,
-                 expert_path: str | Path | None = None, device: torch.device | str = "cpu",
-                 search: int = 15) -> dict:
+def score_videos(
+    paths,
+    network: str = "auto",
+    syncnet_v2_path: str | Path | None = None,
+    expert_path: str | Path | None = None,
+    device: torch.device | str = "cpu",
+    search: int = 15,
+) -> dict:
     """Per-clip rows and LSE-D (mean min_dist) / LSE-C (mean confidence), with the network's name.
 
     network: "syncnet_v2" (needs syncnet_v2_path), "own_expert", or "auto" (SyncNet v2 when
@@ -232,5 +289,9 @@ def score_videos(paths, network: str = "auto", syncnet_v2_path: str | Path | Non
     rows = [{"video": str(p), **scorer(p)} for p in paths]
     if not rows:
         raise PipelineError("no video to score")
-    return {"network": scorer.network, "clips": rows, "lse_d": float(np.mean([r["min_dist"] for r in rows])),
-            "lse_c": float(np.mean([r["confidence"] for r in rows]))}
+    return {
+        "network": scorer.network,
+        "clips": rows,
+        "lse_d": float(np.mean([r["min_dist"] for r in rows])),
+        "lse_c": float(np.mean([r["confidence"] for r in rows])),
+    }

@@ -22,6 +22,7 @@
   MSE of predicting every projected lip feature by their mean (a memory that stores anything
   beats it); KL(lip address || audio address) on matching frames and on shuffled ones.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -124,8 +125,13 @@ def sync_and_mouth(model, expert, store, clips, modes=READOUTS) -> dict:
             for row in clips.itertuples():
                 frames, mel = store.frames(row.clip_id), store.mel(row.clip_id)
                 # a clip in one batch (up to 256 frames): the shuffle moves every frame's readout
-                fake = gen.generate(model, frames, gen.mel_windows(len(frames), mel), gen.reference_frames(frames),
-                                    batch=len(frames) if len(frames) <= 256 else 128)
+                fake = gen.generate(
+                    model,
+                    frames,
+                    gen.mel_windows(len(frames), mel),
+                    gen.reference_frames(frames),
+                    batch=len(frames) if len(frames) <= 256 else 128,
+                )
                 valid = slice(2, len(frames) - 2)
                 diff = np.abs(mouth(fake[valid]).astype(np.float64) - mouth(frames[valid]))
                 l1_sum, pixels = l1_sum + float(diff.sum()), pixels + diff.size
@@ -133,9 +139,12 @@ def sync_and_mouth(model, expert, store, clips, modes=READOUTS) -> dict:
                 offsets.append(offset)
                 confs.append(conf)
         offsets = np.array(offsets)
-        out[mode] = {"mouth_l1": l1_sum / max(1, pixels) / 255.0,
-                     "within1": float((np.abs(offsets) <= 1).mean()), "abs_offset": float(np.abs(offsets).mean()),
-                     "confidence": float(np.mean(confs))}
+        out[mode] = {
+            "mouth_l1": l1_sum / max(1, pixels) / 255.0,
+            "within1": float((np.abs(offsets) <= 1).mean()),
+            "abs_offset": float(np.abs(offsets).mean()),
+            "confidence": float(np.mean(confs)),
+        }
     return out
 
 
@@ -155,11 +164,19 @@ def frame_labels(video_path: Path, n_frames: int, fps: float = 25.0) -> tuple[li
     if meta.is_file():  # the embedded corpus: the synthesiser's events
         info = json.loads(meta.read_text())
         paint(phones, [(p["label"], p["start"], p["end"]) for p in info.get("phones", [])])
-        paint(words, [(w["label"] if "label" in w else w.get("word"), w["start"], w["end"])
-                      for w in info.get("words", []) if isinstance(w, dict)])
+        paint(
+            words,
+            [
+                (w["label"] if "label" in w else w.get("word"), w["start"], w["end"])
+                for w in info.get("words", [])
+                if isinstance(w, dict)
+            ],
+        )
     elif txt.is_file():
         text = txt.read_text(errors="replace")
-        rows = re.findall(r"^(\S+)\s+([\d.]+)\s+([\d.]+)\s+-?[\d.]+\s*$", text, flags=re.M)  # LRS2 pretrain: WORD START END ASD
+        rows = re.findall(
+            r"^(\S+)\s+([\d.]+)\s+([\d.]+)\s+-?[\d.]+\s*$", text, flags=re.M
+        )  # LRS2 pretrain: WORD START END ASD
         if rows:
             paint(words, [(w, float(s), float(e)) for w, s, e in rows])
         else:  # LRW: the word is centred in the clip and lasts `Duration:` seconds
@@ -175,7 +192,7 @@ def lip_inputs(frames: np.ndarray, centres) -> torch.Tensor:
     """The lip encoder's 5-frame windows (upper half zeroed) centred on `centres`: [N, 3, 5, S, S]."""
     x = gen.to_model(frames)  # [n, 3, S, S]
     s = x.shape[-1]
-    wins = torch.stack([x[c - 2: c + 3] for c in centres]).transpose(1, 2).clone()
+    wins = torch.stack([x[c - 2 : c + 3] for c in centres]).transpose(1, 2).clone()
     wins[..., : s // 2, :] = 0.0
     return wins
 
@@ -191,8 +208,11 @@ def clip_memory(model, frames: np.ndarray, mel: np.ndarray, n_mel: int) -> dict:
     audio = model.encode_audio(mels)
     mem = model.memory(audio, model.lip(lip_inputs(frames, valid).to(device)))
     query = model.memory.audio_norm(model.memory.audio_proj(audio))  # what the addressing compares
-    return {"frames": valid, "query": query.float().cpu().numpy(),
-            **{k: mem[k].float().cpu().numpy() for k in ("audio_address", "lip_address", "lip_proj", "lip_read")}}
+    return {
+        "frames": valid,
+        "query": query.float().cpu().numpy(),
+        **{k: mem[k].float().cpu().numpy() for k in ("audio_address", "lip_address", "lip_proj", "lip_read")},
+    }
 
 
 def within_clip_fraction(parts: list) -> float:
@@ -222,7 +242,10 @@ def analyse(model, clips, store, video_path_of, min_count: int = 3) -> dict:
         phones += [ph[i] for i in got["frames"]]
         words += [wd[i] for i in got["frames"]]
         parts.append(got)
-    cat = {k: np.concatenate([p[k] for p in parts]) for k in ("query", "audio_address", "lip_address", "lip_proj", "lip_read")}
+    cat = {
+        k: np.concatenate([p[k] for p in parts])
+        for k in ("query", "audio_address", "lip_address", "lip_proj", "lip_read")
+    }
     addr = cat["audio_address"]
     strongest = addr.argmax(1)
     labelled = [i for i, p in enumerate(phones) if p and not is_silence(p)]  # speech vs silence is loudness
@@ -240,19 +263,28 @@ def analyse(model, clips, store, video_path_of, min_count: int = 3) -> dict:
 
     phone_labels, phone_map = table(phones, by_viseme)
     word_labels, word_map = table(words)
-    return {"frames": int(len(addr)), "slots": int(addr.shape[1]),
-            "audio_address_info_nats": address_information(addr),
-            "lip_address_info_nats": address_information(cat["lip_address"]),
-            "slots_used": slots_used(addr), "effective_slots": effective_slots(addr),
-            "query_cosine": mean_pairwise_cosine(cat["query"]),
-            "phoneme_info_nats": phone_info, "phoneme_info_nats_plugin": phone_info_raw,
-            "phoneme_frames": len(labelled),
-            "lip_within_clip": within_clip_fraction([p["lip_proj"] for p in parts]),
-            "query_within_clip": within_clip_fraction([p["query"] for p in parts]),
-            "store_mse": float(((cat["lip_read"] - proj) ** 2).mean()),
-            "store_mse_mean_predictor": float(((proj - proj.mean(0)) ** 2).mean()),
-            "align_kl": kl_rows(cat["lip_address"], addr), "align_kl_shuffled": kl_rows(cat["lip_address"], addr[shuffled]),
-            "phones": phone_labels, "phone_map": phone_map, "words": word_labels, "word_map": word_map}
+    return {
+        "frames": int(len(addr)),
+        "slots": int(addr.shape[1]),
+        "audio_address_info_nats": address_information(addr),
+        "lip_address_info_nats": address_information(cat["lip_address"]),
+        "slots_used": slots_used(addr),
+        "effective_slots": effective_slots(addr),
+        "query_cosine": mean_pairwise_cosine(cat["query"]),
+        "phoneme_info_nats": phone_info,
+        "phoneme_info_nats_plugin": phone_info_raw,
+        "phoneme_frames": len(labelled),
+        "lip_within_clip": within_clip_fraction([p["lip_proj"] for p in parts]),
+        "query_within_clip": within_clip_fraction([p["query"] for p in parts]),
+        "store_mse": float(((cat["lip_read"] - proj) ** 2).mean()),
+        "store_mse_mean_predictor": float(((proj - proj.mean(0)) ** 2).mean()),
+        "align_kl": kl_rows(cat["lip_address"], addr),
+        "align_kl_shuffled": kl_rows(cat["lip_address"], addr[shuffled]),
+        "phones": phone_labels,
+        "phone_map": phone_map,
+        "words": word_labels,
+        "word_map": word_map,
+    }
 
 
 def by_viseme(groups: dict) -> list:
@@ -281,10 +313,23 @@ def heatmap(labels: list, matrix: np.ndarray, title: str, path: Path) -> None:
 
 
 # ------------------------------------------------------------------ the evaluate stage's part
-KEYS = ("audio_address_info_nats", "lip_address_info_nats", "slots_used", "effective_slots", "query_cosine",
-        "lip_within_clip", "query_within_clip",
-        "phoneme_info_nats", "phoneme_info_nats_plugin", "phoneme_frames", "store_mse", "store_mse_mean_predictor",
-        "align_kl", "align_kl_shuffled", "frames")
+KEYS = (
+    "audio_address_info_nats",
+    "lip_address_info_nats",
+    "slots_used",
+    "effective_slots",
+    "query_cosine",
+    "lip_within_clip",
+    "query_within_clip",
+    "phoneme_info_nats",
+    "phoneme_info_nats_plugin",
+    "phoneme_frames",
+    "store_mse",
+    "store_mse_mean_predictor",
+    "align_kl",
+    "align_kl_shuffled",
+    "frames",
+)
 
 
 def memory_report(model, expert, store, splits: dict, video_path_of, out_dir: Path) -> dict:

@@ -1,4 +1,4 @@
-"""Image metrics on aligned face crops (DESIGN §6): PSNR, SSIM, the mouth region.
+"""Image metrics on aligned face crops (docs/design.md §6): PSNR, SSIM, the mouth region.
 
 Frames are uint8 [..., H, W, 3] (or float in the uint8 range). SSIM is the standard
 Gaussian-window definition (sigma 1.5, window truncated at 3.5 sigma, K1 0.01, K2 0.03, population
@@ -7,6 +7,7 @@ colour channels): the same numbers as scikit-image's
 `structural_similarity(..., gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
 data_range=255, channel_axis=-1)`, written here so that evaluation does not depend on it.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,8 +17,8 @@ from ..geometry import MOUTH_BOX  # the mouth region of an aligned crop
 
 def mouth_box(size: int) -> tuple[int, int, int, int]:
     """(y0, y1, x0, x1) in pixels of a crop of `size`."""
-    t, b, l, r = MOUTH_BOX
-    return round(t * size), round(b * size), round(l * size), round(r * size)
+    top, bottom, left, right = MOUTH_BOX
+    return round(top * size), round(bottom * size), round(left * size), round(right * size)
 
 
 def mouth(frames: np.ndarray) -> np.ndarray:
@@ -28,7 +29,7 @@ def mouth(frames: np.ndarray) -> np.ndarray:
 def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
     """PSNR over all pixels of a and b (one number for a whole set of frames)."""
     mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10.0 * np.log10(data_range ** 2 / mse))
+    return float("inf") if mse == 0 else float(10.0 * np.log10(data_range**2 / mse))
 
 
 def psnr_frames(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -36,7 +37,7 @@ def psnr_frames(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     d = (np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2
     mse = d.reshape(len(d), -1).mean(1)
     with np.errstate(divide="ignore"):
-        return 10.0 * np.log10(255.0 ** 2 / mse)
+        return 10.0 * np.log10(255.0**2 / mse)
 
 
 def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0, sigma: float = 1.5) -> float:
@@ -55,7 +56,7 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0, sigma: float =
         f = lambda z: gaussian_filter(z, sigma=sigma, truncate=truncate, mode="reflect")
         ux, uy = f(x), f(y)
         vx, vy, vxy = f(x * x) - ux * ux, f(y * y) - uy * uy, f(x * y) - ux * uy
-        s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))
+        s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
         values.append(s[pad:-pad, pad:-pad].mean() if pad else s.mean())
     return float(np.mean(values))
 

@@ -9,6 +9,7 @@ the frames with a face, the best over video lags of -2..+2 frames (a mouth opens
 the sound it makes). An output that lip-syncs to the driving speech correlates with that speech
 more than with the face clip's own audio.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,8 +24,13 @@ def mouth_opening(frames: np.ndarray, min_confidence: float = 0.3) -> np.ndarray
     from ..mp_solutions import face_mesh
 
     out = np.full(len(frames), np.nan, np.float32)
-    with face_mesh(static_image_mode=False, max_num_faces=1, refine_landmarks=False,
-                   min_detection_confidence=min_confidence, min_tracking_confidence=min_confidence) as mesh:
+    with face_mesh(
+        static_image_mode=False,
+        max_num_faces=1,
+        refine_landmarks=False,
+        min_detection_confidence=min_confidence,
+        min_tracking_confidence=min_confidence,
+    ) as mesh:
         for k, frame in enumerate(frames):
             res = mesh.process(np.ascontiguousarray(frame))
             if not res.multi_face_landmarks:
@@ -32,7 +38,7 @@ def mouth_opening(frames: np.ndarray, min_confidence: float = 0.3) -> np.ndarray
             lm = res.multi_face_landmarks[0].landmark
             h, w = frame.shape[:2]
 
-            def xy(i):
+            def xy(i, lm=lm, w=w, h=h):
                 return np.array([lm[i].x * w, lm[i].y * h])
 
             width = np.linalg.norm(xy(INNER_CORNERS[0]) - xy(INNER_CORNERS[1]))
@@ -71,5 +77,10 @@ def speech_follow(frames: np.ndarray, driving_wav: np.ndarray, original_env: np.
     opening = mouth_opening(frames)
     r_drive, lag_drive = follows(opening, envelope(driving_wav, len(frames)))
     r_orig, lag_orig = follows(opening, original_env)
-    return {"mouth_frames": int(np.isfinite(opening).sum()), "mouth_corr_driving": r_drive,
-            "mouth_lag_driving": lag_drive, "mouth_corr_original": r_orig, "mouth_lag_original": lag_orig}
+    return {
+        "mouth_frames": int(np.isfinite(opening).sum()),
+        "mouth_corr_driving": r_drive,
+        "mouth_lag_driving": lag_drive,
+        "mouth_corr_original": r_orig,
+        "mouth_lag_original": lag_orig,
+    }

@@ -7,6 +7,7 @@ and of each generator variant; sample frames (ground truth | composite | variant
 sync-check offset histogram; and the memory analysis (mean memory address per phoneme and per
 word, the causal test of the readout, address information and store fidelity, computed by evaluate).
 """
+
 from __future__ import annotations
 
 import html
@@ -50,14 +51,20 @@ def curves_png(csv_path: Path, columns: list[list[str]], title: str, out: Path) 
     ncols = min(2, len(columns))  # at most two panels a row: the page shows the figure at its own size
     nrows = -(-len(columns) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 3.4 * nrows), squeeze=False)
-    for ax in axes.flat[len(columns):]:
+    for ax in axes.flat[len(columns) :]:
         ax.set_visible(False)
     for ax, cols in zip(axes.flat, columns):
         for k, c in enumerate(cols):
             if c in df and df[c].notna().any():
                 s = df[["step", c]].dropna()
-                ax.plot(s.step, s[c], label=c, marker="o" if len(s) < 30 else None, ms=3,
-                        linestyle=("-", "--", ":", "-.")[k % 4])  # curves that coincide stay visible
+                ax.plot(
+                    s.step,
+                    s[c],
+                    label=c,
+                    marker="o" if len(s) < 30 else None,
+                    ms=3,
+                    linestyle=("-", "--", ":", "-.")[k % 4],
+                )  # curves that coincide stay visible
         ax.set_xlabel("step")
         ax.legend(fontsize=9)
         ax.grid(alpha=0.3)
@@ -101,10 +108,12 @@ def anchors_html(lse_network: str, dataset: str) -> str:
             reasons.append("our LSE is scored by our own expert, theirs by SyncNet v2")
         reasons.append("their LMD uses dlib's 68 points, ours mediapipe's lip points")
         rows = pd.DataFrame(e["rows"]).set_index("system")
-        parts.append(f"<h3>{html.escape(e['paper'])}: {html.escape(str(e.get('dataset')))} "
-                     f"<span class='nc'>not comparable</span></h3><p class='why'>{html.escape('; '.join(reasons))}. "
-                     f"Source: <a href='{html.escape(e.get('source', ''))}'>{html.escape(str(e.get('table', '')))}</a></p>"
-                     + _table(rows, na_rep="–"))
+        parts.append(
+            f"<h3>{html.escape(e['paper'])}: {html.escape(str(e.get('dataset')))} "
+            f"<span class='nc'>not comparable</span></h3><p class='why'>{html.escape('; '.join(reasons))}. "
+            f"Source: <a href='{html.escape(e.get('source', ''))}'>{html.escape(str(e.get('table', '')))}</a></p>"
+            + _table(rows, na_rep="–")
+        )
     return "\n".join(parts)
 
 
@@ -124,44 +133,69 @@ def run(view: dict) -> dict:
     sections = []
 
     shown = table[[c for c in SHOWN if c in table]]
-    sections.append(("Evaluation on the test split", f"<p>LSE-D/LSE-C scored by <b>{html.escape(network)}</b>"
-                     f"{' (the project’s own sync expert: not the published SyncNet v2, so not comparable with papers)' if network != 'syncnet_v2' else ''}; "
-                     "LMD on mediapipe face-mesh lip points (40 points, crop pixels); PSNR/SSIM on aligned crops, "
-                     "whole and mouth region. Lower is better for LMD and LSE-D, higher for the rest. "
-                     f"{int(table.clips.iloc[0])} test clips.</p>"
-                     + _table(shown)
-                     + "<p class='why'>PSNR is capped at 100 dB for identical frames (the ground-truth row).</p>"
-                     + "<h3>Published figures</h3><p class='why'>Only figures read verbatim from a source are on file "
-                     "(<code>pipeline/evaluate/anchors.yaml</code>). SyncTalkFace's own table is not: no source we could read "
-                     "gives its numbers as text, and the file says how to add them from the paper.</p>"
-                     + anchors_html(network, ds)))
+    sections.append(
+        (
+            "Evaluation on the test split",
+            f"<p>LSE-D/LSE-C scored by <b>{html.escape(network)}</b>"
+            f"{' (the project’s own sync expert: not the published SyncNet v2, so not comparable with papers)' if network != 'syncnet_v2' else ''}; "
+            "LMD on mediapipe face-mesh lip points (40 points, crop pixels); PSNR/SSIM on aligned crops, "
+            "whole and mouth region. Lower is better for LMD and LSE-D, higher for the rest. "
+            f"{int(table.clips.iloc[0])} test clips.</p>"
+            + _table(shown)
+            + "<p class='why'>PSNR is capped at 100 dB for identical frames (the ground-truth row).</p>"
+            + "<h3>Published figures</h3><p class='why'>Only figures read verbatim from a source are on file "
+            "(<code>pipeline/evaluate/anchors.yaml</code>). SyncTalkFace's own table is not: no source we could read "
+            "gives its numbers as text, and the file says how to add them from the paper.</p>"
+            + anchors_html(network, ds),
+        )
+    )
 
     cross_path = eval_dir / "eval_table_cross_audio.csv"
     if cross_path.is_file():
         cross = pd.read_csv(cross_path).set_index("system")
         shown_cross = cross[[c for c in ("lse_d", "lse_c", "offset_abs", "pairs") if c in cross]]
-        sections.append(("Cross-audio: faces driven by other clips' speech", (
-            f"<p>{int(cross.pairs.iloc[0])} pairs (a face clip, another clip's audio; cut to the shorter). No ground "
-            "truth exists for these videos, so only LSE is measured; <i>ground_truth</i> is the untouched face with the "
-            "foreign audio, i.e. what no lip-sync scores, and <i>composite</i> the reference-mouth copy. This is the "
-            "protocol of Wav2Lip's LRS2 test pairs and the harder test of lip-sync: reconstruction lets a "
-            f"model copy the mouth it sees. LSE by <b>{html.escape(str(cross.lse_network.iloc[0]))}</b>.</p>"
-            + _table(shown_cross))))
+        sections.append(
+            (
+                "Cross-audio: faces driven by other clips' speech",
+                (
+                    f"<p>{int(cross.pairs.iloc[0])} pairs (a face clip, another clip's audio; cut to the shorter). No ground "
+                    "truth exists for these videos, so only LSE is measured; <i>ground_truth</i> is the untouched face with the "
+                    "foreign audio, i.e. what no lip-sync scores, and <i>composite</i> the reference-mouth copy. This is the "
+                    "protocol of Wav2Lip's LRS2 test pairs and the harder test of lip-sync: reconstruction lets a "
+                    f"model copy the mouth it sees. LSE by <b>{html.escape(str(cross.lse_network.iloc[0]))}</b>.</p>"
+                    + _table(shown_cross)
+                ),
+            )
+        )
 
     imgs = []
-    if curves_png(paths.plot("train_sync_expert"), [["train_loss", "val_loss"],
-                                                             ["val_acc", "val_acc_voiced", "val_acc_in_sync", "val_acc_off_sync", "val_auc"]],
-                  "sync expert", tmp / "curves_sync_expert.png"):
+    if curves_png(
+        paths.plot("train_sync_expert"),
+        [["train_loss", "val_loss"], ["val_acc", "val_acc_voiced", "val_acc_in_sync", "val_acc_off_sync", "val_auc"]],
+        "sync expert",
+        tmp / "curves_sync_expert.png",
+    ):
         imgs.append("curves_sync_expert.png")
     for v in variants:
-        if curves_png(paths.plot(f"train_generator_{v}"), [["l1", "l1_lip", "val_l1"], ["av_sync", "vv_sync", "val_sync_loss"],
-                                                             ["d_loss", "gan", "d_real", "d_fake"], ["val_psnr", "val_psnr_mouth"]],
-                      f"generator ({v})", tmp / f"curves_generator_{v}.png"):
+        if curves_png(
+            paths.plot(f"train_generator_{v}"),
+            [
+                ["l1", "l1_lip", "val_l1"],
+                ["av_sync", "vv_sync", "val_sync_loss"],
+                ["d_loss", "gan", "d_real", "d_fake"],
+                ["val_psnr", "val_psnr_mouth"],
+            ],
+            f"generator ({v})",
+            tmp / f"curves_generator_{v}.png",
+        ):
             imgs.append(f"curves_generator_{v}.png")
     sections.append(("Training curves", "".join(f"<img src='{i}'>" for i in imgs)))
 
-    systems = (eval_dir / "systems.txt").read_text().splitlines()[0].split(": ", 1)[1].split(" | ") \
-        if (eval_dir / "systems.txt").is_file() else list(table.index)
+    systems = (
+        (eval_dir / "systems.txt").read_text().splitlines()[0].split(": ", 1)[1].split(" | ")
+        if (eval_dir / "systems.txt").is_file()
+        else list(table.index)
+    )
     videos = sorted((eval_dir / "samples").glob("*.mp4"))
     recon = [v for v in videos if not v.name.startswith("cross_")]
     cross_videos = [v for v in videos if v.name.startswith("cross_")]
@@ -171,13 +205,17 @@ def run(view: dict) -> dict:
         if sample_frames_png(video, systems, tmp / name):
             shutil.copy2(video, tmp / video.name)
             what = "cross-audio: " if video in cross_videos else "reconstruction: "
-            sample_html.append(f"<figure><img src='{name}'><figcaption>{what}{html.escape(video.stem)} "
-                               f"(<a href='{html.escape(video.name)}'>video with sound</a>)</figcaption></figure>")
+            sample_html.append(
+                f"<figure><img src='{name}'><figcaption>{what}{html.escape(video.stem)} "
+                f"(<a href='{html.escape(video.name)}'>video with sound</a>)</figcaption></figure>"
+            )
     demo = paths.demo_dir() / "demo.mp4"
     if demo.is_file():
         shutil.copy2(demo, tmp / "demo.mp4")
-        sample_html.append("<p>Demo (a test face driven by another clip's speech): "
-                           "<video controls src='demo.mp4' width='320'></video></p>")
+        sample_html.append(
+            "<p>Demo (a test face driven by another clip's speech): "
+            "<video controls src='demo.mp4' width='320'></video></p>"
+        )
         info = paths.demo_dir() / "demo.json"
         d = json.loads(info.read_text()) if info.is_file() else {}
         if "mean_mouth_corr_driving" in d:
@@ -188,15 +226,21 @@ def run(view: dict) -> dict:
                 f"<b>{_corr(d['mean_mouth_corr_driving'])}</b>, with the face clip's own audio "
                 f"{_corr(d['mean_mouth_corr_original'])} (the input video's mouth against the driving speech: "
                 f"{_corr(d['mean_input_mouth_corr_driving'])}); {d['pairs_following_driving']} of {d['pairs']} pairs "
-                "follow the driving speech more than the original audio.</p>")
+                "follow the driving speech more than the original audio.</p>"
+            )
     sections.append(("Samples", "".join(sample_html) or "<p>No sample videos.</p>"))
 
     hist = paths.sync_check_dir(ds) / "offsets_hist.png"
     if hist.is_file():
         shutil.copy2(hist, tmp / "offsets_hist.png")
         sync = json.loads(paths.metrics("sync_check").read_text()) if paths.metrics("sync_check").is_file() else {}
-        sections.append(("Sync check", f"<p>{sync.get('excluded', '?')} of {sync.get('clips', '?')} clips excluded "
-                         "from generator training.</p><img src='offsets_hist.png'>"))
+        sections.append(
+            (
+                "Sync check",
+                f"<p>{sync.get('excluded', '?')} of {sync.get('clips', '?')} clips excluded "
+                "from generator training.</p><img src='offsets_hist.png'>",
+            )
+        )
 
     analysis = {}
     if "memory" in variants:
@@ -224,33 +268,48 @@ def _memory_section(view: dict, tmp: Path, sections: list) -> dict:
     for split in ("val", "test"):
         if f"{split}_mouth_l1" not in m:
             continue
-        for mode, label in (("", "as is"), ("_readout_shuffled", "shuffled across frames"), ("_readout_zeroed", "zeroed")):
-            rows += (f"<tr><td style='text-align:left'>{split} ({m[f'{split}_clips']} clips)</td>"
-                     f"<td style='text-align:left'>{label}</td><td>{m[f'{split}_mouth_l1{mode}']:.4f}</td>"
-                     f"<td>{m[f'{split}_within1{mode}']:.2f}</td><td>{m[f'{split}_abs_offset{mode}']:.2f}</td>"
-                     f"<td>{m[f'{split}_confidence{mode}']:.3f}</td></tr>")
-    body = ("<p>The causal test: the memory generator's clips made with the audio-addressed memory readout as "
-            "is, shuffled across the frames of a clip, and zeroed. A decoder that draws the mouth from the memory "
-            "gets worse when its readout is taken away; one that ignores it does not change.</p>"
-            "<table class='tbl'><tr><th>split</th><th>readout</th><th>mouth L1</th><th>within &plusmn;1</th>"
-            f"<th>|offset|</th><th>confidence</th></tr>{rows}</table>")
-    measures = [("I(address; frame), nats", "audio_address_info_nats", ".3f"),
-                ("I(lip address; frame), nats", "lip_address_info_nats", ".3f"),
-                ("slots that are a frame's strongest", "slots_used", "d"),
-                ("effective slots per frame", "effective_slots", ".1f"),
-                ("mean pairwise cosine of the audio queries", "query_cosine", ".3f"),
-                ("share of the lip features' variance within clips", "lip_within_clip", ".3f"),
-                ("share of the audio queries' variance within clips", "query_within_clip", ".3f"),
-                ("I(phoneme; strongest slot), nats (bias-corrected)", "phoneme_info_nats", ".3f"),
-                ("store MSE", "store_mse", ".4f"), ("MSE of the mean lip feature", "store_mse_mean_predictor", ".4f"),
-                ("KL(lip || audio address), own frames", "align_kl", ".3f"),
-                ("KL(lip || audio address), shuffled frames", "align_kl_shuffled", ".3f")]
-    body += (f"<p>Addresses over the frames of the val and test clips ({m['slots']} slots; ln {m['slots']} = "
-             f"{np.log(m['slots']):.2f} nats is the most a frame's address can say):</p><table class='tbl'>"
-             "<tr><th>measure</th><th>val</th><th>test</th></tr>")
+        for mode, label in (
+            ("", "as is"),
+            ("_readout_shuffled", "shuffled across frames"),
+            ("_readout_zeroed", "zeroed"),
+        ):
+            rows += (
+                f"<tr><td style='text-align:left'>{split} ({m[f'{split}_clips']} clips)</td>"
+                f"<td style='text-align:left'>{label}</td><td>{m[f'{split}_mouth_l1{mode}']:.4f}</td>"
+                f"<td>{m[f'{split}_within1{mode}']:.2f}</td><td>{m[f'{split}_abs_offset{mode}']:.2f}</td>"
+                f"<td>{m[f'{split}_confidence{mode}']:.3f}</td></tr>"
+            )
+    body = (
+        "<p>The causal test: the memory generator's clips made with the audio-addressed memory readout as "
+        "is, shuffled across the frames of a clip, and zeroed. A decoder that draws the mouth from the memory "
+        "gets worse when its readout is taken away; one that ignores it does not change.</p>"
+        "<table class='tbl'><tr><th>split</th><th>readout</th><th>mouth L1</th><th>within &plusmn;1</th>"
+        f"<th>|offset|</th><th>confidence</th></tr>{rows}</table>"
+    )
+    measures = [
+        ("I(address; frame), nats", "audio_address_info_nats", ".3f"),
+        ("I(lip address; frame), nats", "lip_address_info_nats", ".3f"),
+        ("slots that are a frame's strongest", "slots_used", "d"),
+        ("effective slots per frame", "effective_slots", ".1f"),
+        ("mean pairwise cosine of the audio queries", "query_cosine", ".3f"),
+        ("share of the lip features' variance within clips", "lip_within_clip", ".3f"),
+        ("share of the audio queries' variance within clips", "query_within_clip", ".3f"),
+        ("I(phoneme; strongest slot), nats (bias-corrected)", "phoneme_info_nats", ".3f"),
+        ("store MSE", "store_mse", ".4f"),
+        ("MSE of the mean lip feature", "store_mse_mean_predictor", ".4f"),
+        ("KL(lip || audio address), own frames", "align_kl", ".3f"),
+        ("KL(lip || audio address), shuffled frames", "align_kl_shuffled", ".3f"),
+    ]
+    body += (
+        f"<p>Addresses over the frames of the val and test clips ({m['slots']} slots; ln {m['slots']} = "
+        f"{np.log(m['slots']):.2f} nats is the most a frame's address can say):</p><table class='tbl'>"
+        "<tr><th>measure</th><th>val</th><th>test</th></tr>"
+    )
     for label, key, fmt in measures:
-        cells = "".join(f"<td>{format(m[k], fmt)}</td>" if isinstance(m.get(k), (int, float)) else "<td>-</td>"
-                        for k in (key, f"test_{key}"))
+        cells = "".join(
+            f"<td>{format(m[k], fmt)}</td>" if isinstance(m.get(k), (int, float)) else "<td>-</td>"
+            for k in (key, f"test_{key}")
+        )
         body += f"<tr><td style='text-align:left'>{label}</td>{cells}</tr>"
     body += "</table>"
     for key, title in (("phone", "phoneme"), ("word", "word")):
@@ -262,9 +321,11 @@ def _memory_section(view: dict, tmp: Path, sections: list) -> dict:
             body += f"<p>No {title} timing for this dataset.</p>"
     sections.append(("Audio-Lip Memory", body))
     split = "" if "slots_used" in m else "test_"  # a dataset without val clips has the test split's only
-    return {"memory_slots_used": m.get(f"{split}slots_used"),
-            "memory_audio_address_info_nats": m.get(f"{split}audio_address_info_nats"),
-            "memory_mouth_l1_shuffled_rise": m.get("val_mouth_l1_shuffled_rise", m.get("test_mouth_l1_shuffled_rise"))}
+    return {
+        "memory_slots_used": m.get(f"{split}slots_used"),
+        "memory_audio_address_info_nats": m.get(f"{split}audio_address_info_nats"),
+        "memory_mouth_l1_shuffled_rise": m.get("val_mouth_l1_shuffled_rise", m.get("test_mouth_l1_shuffled_rise")),
+    }
 
 
 def _page(ds: str, sections: list) -> str:

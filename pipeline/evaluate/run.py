@@ -1,4 +1,4 @@
-"""The evaluate stage (DESIGN §6): every system on the test split, protocols `reconstruction` and
+"""The evaluate stage (docs/design.md §6): every system on the test split, protocols `reconstruction` and
 `cross_audio`.
 
 All test clips are scored (the ones sync_check flags are counted, not dropped: the benchmark is
@@ -18,6 +18,7 @@ such a video, so only LSE-D/LSE-C are measured; the `ground_truth` row is the un
 with the foreign audio (what no lip-sync scores) and `composite` the reference-mouth copy. Both
 clips are cut to the shorter one.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,6 +35,8 @@ import torch
 from .. import paths, tracking
 from ..errors import PipelineError
 from ..io import ffmpeg
+from ..io.align import FPS
+from ..io.audio import SAMPLE_RATE
 from ..io.store import Store
 from ..runtime import thread_env, threads, write_json_atomic
 from ..runtime import workers as runtime_workers
@@ -89,8 +92,10 @@ def cross_pairs(spec: str | None, store: Store, clips: pd.DataFrame) -> list[tup
         else:
             pairs.append((got[0], got[1]))
     if bad:
-        raise PipelineError(f"{len(bad)} line(s) of {path} name clips that are not in {store.root} "
-                            f"(or match several):\n  " + "\n  ".join(bad[:10]))
+        raise PipelineError(
+            f"{len(bad)} line(s) of {path} name clips that are not in {store.root} "
+            f"(or match several):\n  " + "\n  ".join(bad[:10])
+        )
     if not pairs:
         raise PipelineError(f"{path} holds no pairs")
     return pairs
@@ -121,7 +126,7 @@ def clip_audio(row, raw_root: Path | None) -> np.ndarray:
     path = Path(row.video_path)
     if not path.is_absolute() and raw_root is not None and not path.exists():
         path = raw_root / path
-    wav = ffmpeg.read_audio(path, 16000)
+    wav = ffmpeg.read_audio(path, SAMPLE_RATE)
     n = int(row.n_frames) * 640
     return np.pad(wav, (0, max(0, n - len(wav))))[:n].astype(np.float32)
 
@@ -156,8 +161,9 @@ def run(view: dict, tracker=None) -> dict:
     (tmp_out / "samples").mkdir(parents=True)
     workers = min(runtime_workers(cfg["workers"]), len(clips) + len(pairs)) if device.type == "cpu" else 1
     try:
-        rows, cross_rows = score_all(ds, store, clips, pairs, systems, scorer_args, tmp_out / "samples",
-                                     cfg["sample_videos"], workers)
+        rows, cross_rows = score_all(
+            ds, store, clips, pairs, systems, scorer_args, tmp_out / "samples", cfg["sample_videos"], workers
+        )
     except BaseException:
         shutil.rmtree(tmp_out, ignore_errors=True)
         raise
@@ -180,7 +186,8 @@ def run(view: dict, tracker=None) -> dict:
         cross_table.reset_index().to_csv(tmp_out / "eval_table_cross_audio.csv", index=False, float_format="%.4f")
     (tmp_out / "systems.txt").write_text(
         f"systems in column order of the sample videos: {' | '.join(systems)}\n"
-        f"LSE network: {scorer.network}\nLMD landmarks: mediapipe face mesh, 40 lip points, crop pixels\n")
+        f"LSE network: {scorer.network}\nLMD landmarks: mediapipe face mesh, 40 lip points, crop pixels\n"
+    )
     memory = None
     if systems.get("memory") is not None:
         try:
@@ -191,8 +198,10 @@ def run(view: dict, tracker=None) -> dict:
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp_out, out_dir)
-    write_json_atomic(paths.metrics("memory"), memory if memory is not None else
-                      {"skipped": "generator.variants has no memory variant"})
+    write_json_atomic(
+        paths.metrics("memory"),
+        memory if memory is not None else {"skipped": "generator.variants has no memory variant"},
+    )
     metrics = {"clips": len(clips), "flagged_by_sync_check": excluded, "lse_network": scorer.network}
     for system, r in table.iterrows():
         for m in METRICS + ["offset_abs"]:  # null where undefined (LMD: no face found in the output)
@@ -204,13 +213,16 @@ def run(view: dict, tracker=None) -> dict:
                 metrics[f"cross_audio_{system}_{m}"] = float(r[m]) if np.isfinite(r[m]) else None
     write_json_atomic(paths.metrics("evaluate"), metrics)
     if tracker is not None:
-        tracker.set_tags({"lse_network": scorer.network, **{f"evaluates.{n}": _run_id(p) for n, p in systems.items() if p}})
+        tracker.set_tags(
+            {"lse_network": scorer.network, **{f"evaluates.{n}": _run_id(p) for n, p in systems.items() if p}}
+        )
         tracker.log_artifact(out_dir / "eval_table.csv", "eval")
         for f in sorted((out_dir / "samples").glob("*.mp4")):
             tracker.log_artifact(f, "eval/samples")
         if memory is not None:
-            tracker.log_metrics({f"memory.{k}": v for k, v in memory.items()
-                                 if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            tracker.log_metrics(
+                {f"memory.{k}": v for k, v in memory.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            )
             for f in sorted((out_dir / "memory").glob("*.png")):
                 tracker.log_artifact(f, "eval/memory")
     log.info("evaluation table (%s for LSE):\n%s", scorer.network, table.to_string(float_format=lambda v: f"{v:.3f}"))
@@ -242,24 +254,38 @@ def analyse_memory(view: dict, store: Store, checkpoint: Path, out_dir: Path) ->
     limit = min(n for n in (view["evaluate"]["max_clips"], view["evaluate"]["memory_clips"]) if n)
     splits = {s: split_clips(view, store, s) for s in ("val", "test")}
     # at most `limit` clips a split, spread over it (LRW's index is sorted by word)
-    splits = {s: (c if len(c) <= limit else c.sample(limit, random_state=0).sort_index()) for s, c in splits.items()
-              if not c.empty}
+    splits = {
+        s: (c if len(c) <= limit else c.sample(limit, random_state=0).sort_index())
+        for s, c in splits.items()
+        if not c.empty
+    }
     model = gen.load_generator(checkpoint)
     expert = load_expert(paths.model_dir("sync_expert") / "expert.pt")
     started = time.time()
     metrics = memory_analysis.memory_report(model, expert, store, splits, video_path_of, out_dir)
-    log.info("memory analysis (%s) in %.1f s: %s", ", ".join(f"{s} {len(c)} clips" for s, c in splits.items()),
-             time.time() - started, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
-                                              if isinstance(v, float) and not k.startswith("test_")))
+    log.info(
+        "memory analysis (%s) in %.1f s: %s",
+        ", ".join(f"{s} {len(c)} clips" for s, c in splits.items()),
+        time.time() - started,
+        ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float) and not k.startswith("test_")),
+    )
     return metrics
 
 
 _CTX: dict = {}  # what every clip's scoring needs, in this process or in each worker process
 
 
-def score_all(dataset: str, store: Store, clips: pd.DataFrame, pairs: list[tuple[str, str]],
-              systems: dict[str, Path | None], scorer_args: tuple, samples: Path, sample_videos: int,
-              workers: int = 1) -> tuple[list[dict], list[dict]]:
+def score_all(
+    dataset: str,
+    store: Store,
+    clips: pd.DataFrame,
+    pairs: list[tuple[str, str]],
+    systems: dict[str, Path | None],
+    scorer_args: tuple,
+    samples: Path,
+    sample_videos: int,
+    workers: int = 1,
+) -> tuple[list[dict], list[dict]]:
     """Per-system rows of every test clip (protocol reconstruction) and of every cross_audio pair,
     in clip and pair order whatever the number of worker processes; the first `sample_videos`
     of each protocol also leave a side-by-side video in `samples`. `systems`: name -> generator
@@ -275,10 +301,19 @@ def score_all(dataset: str, store: Store, clips: pd.DataFrame, pairs: list[tuple
     tasks = [("reconstruction", k) for k in range(len(clips))] + [("cross_audio", k) for k in range(len(pairs))]
     rows, cross_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        payload = {"clips": clips, "pairs": pairs, "store_root": store.root, "dataset": dataset, "systems": systems,
-                   "scorer_args": scorer_args, "tmp": Path(tmp), "samples": Path(samples), "sample_videos": sample_videos,
-                   "video_paths": pd.read_parquet(paths.manifest(dataset)).set_index("clip_id").video_path,
-                   "n_frames": store.index.set_index("clip_id").n_frames}
+        payload = {
+            "clips": clips,
+            "pairs": pairs,
+            "store_root": store.root,
+            "dataset": dataset,
+            "systems": systems,
+            "scorer_args": scorer_args,
+            "tmp": Path(tmp),
+            "samples": Path(samples),
+            "sample_videos": sample_videos,
+            "video_paths": pd.read_parquet(paths.manifest(dataset)).set_index("clip_id").video_path,
+            "n_frames": store.index.set_index("clip_id").n_frames,
+        }
         pool = None
         if workers <= 1:
             _init(payload, None)
@@ -293,8 +328,9 @@ def score_all(dataset: str, store: Store, clips: pd.DataFrame, pairs: list[tuple
             with thread_env(1):  # the fork server and its workers start with one thread in every library
                 results = pool.map(_score, tasks)  # in task order
         try:
-            for (protocol, _), got in tqdm(zip(tasks, results), total=len(tasks), desc="evaluate", unit="clip",
-                                           disable=None):
+            for (protocol, _), got in tqdm(
+                zip(tasks, results), total=len(tasks), desc="evaluate", unit="clip", disable=None
+            ):
                 (rows if protocol == "reconstruction" else cross_rows).extend(got)
         finally:
             _CTX.clear()
@@ -310,9 +346,13 @@ def _init(payload: dict, threads: int | None) -> None:
         torch.set_num_threads(threads)
     try:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        _CTX.update(payload, store=Store(payload["store_root"]), marks=MouthLandmarks(),
-                    scorer=lse.make_scorer(*payload["scorer_args"]),
-                    models={n: gen.load_generator(p, device) for n, p in payload["systems"].items() if p is not None})
+        _CTX.update(
+            payload,
+            store=Store(payload["store_root"]),
+            marks=MouthLandmarks(),
+            scorer=lse.make_scorer(*payload["scorer_args"]),
+            models={n: gen.load_generator(p, device) for n, p in payload["systems"].items() if p is not None},
+        )
     except Exception as exc:
         if not threads:
             raise
@@ -346,18 +386,27 @@ def _reconstruction(k: int, row) -> list[dict]:
     rows = []
     for name, fake in outputs.items():
         video = c["tmp"] / f"{name}-{k}.mp4"
-        ffmpeg.write_mp4(video, fake, 25, audio, 16000)
+        ffmpeg.write_mp4(video, fake, FPS, audio, SAMPLE_RATE)
         sync = c["scorer"](video, mel)
         dist, used = lmd(c["marks"].clip(fake), real_lips)
-        rows.append({"clip_id": row.clip_id, "system": name, "psnr": float(np.mean(np.minimum(psnr_frames(fake, frames), 100))),
-                     "ssim": float(ssim_frames(fake, frames).mean()),
-                     "psnr_mouth": float(np.mean(np.minimum(psnr_frames(mouth(fake), mouth(frames)), 100))),
-                     "ssim_mouth": float(ssim_frames(mouth(fake), mouth(frames)).mean()),
-                     "lmd": dist, "lmd_frames": used, "lse_d": sync["min_dist"], "lse_c": sync["confidence"],
-                     "offset": sync["offset"]})
+        rows.append(
+            {
+                "clip_id": row.clip_id,
+                "system": name,
+                "psnr": float(np.mean(np.minimum(psnr_frames(fake, frames), 100))),
+                "ssim": float(ssim_frames(fake, frames).mean()),
+                "psnr_mouth": float(np.mean(np.minimum(psnr_frames(mouth(fake), mouth(frames)), 100))),
+                "ssim_mouth": float(ssim_frames(mouth(fake), mouth(frames)).mean()),
+                "lmd": dist,
+                "lmd_frames": used,
+                "lse_d": sync["min_dist"],
+                "lse_c": sync["confidence"],
+                "offset": sync["offset"],
+            }
+        )
     if k < c["sample_videos"]:
         side = np.concatenate(list(outputs.values()), axis=2)
-        ffmpeg.write_mp4(c["samples"] / f"{row.clip_id.replace('/', '_')}.mp4", side, 25, audio, 16000)
+        ffmpeg.write_mp4(c["samples"] / f"{row.clip_id.replace('/', '_')}.mp4", side, FPS, audio, SAMPLE_RATE)
     return rows
 
 
@@ -377,14 +426,22 @@ def _cross_audio(k: int, audio_id: str, video_id: str) -> list[dict]:
     rows = []
     for name, fake in outputs.items():
         video = c["tmp"] / f"cross-{name}-{k}.mp4"
-        ffmpeg.write_mp4(video, fake, 25, wav, 16000)
+        ffmpeg.write_mp4(video, fake, FPS, wav, SAMPLE_RATE)
         sync = c["scorer"](video, mel)
-        rows.append({"audio_clip": audio_id, "video_clip": video_id, "system": name, "lse_d": sync["min_dist"],
-                     "lse_c": sync["confidence"], "offset": sync["offset"]})
+        rows.append(
+            {
+                "audio_clip": audio_id,
+                "video_clip": video_id,
+                "system": name,
+                "lse_d": sync["min_dist"],
+                "lse_c": sync["confidence"],
+                "offset": sync["offset"],
+            }
+        )
     if k < c["sample_videos"]:
         side = np.concatenate(list(outputs.values()), axis=2)
         name = f"cross_{video_id.replace('/', '_')}__audio_{audio_id.replace('/', '_')}.mp4"
-        ffmpeg.write_mp4(c["samples"] / name, side, 25, wav, 16000)
+        ffmpeg.write_mp4(c["samples"] / name, side, FPS, wav, SAMPLE_RATE)
     return rows
 
 

@@ -1,17 +1,19 @@
 """Video frame <-> mel frame: the one mapping used by datasets, training, evaluation and
-inference (DESIGN §4).
+inference (docs/design.md §4).
 
 The window of video frame i covers video frames i-2 .. i+2 (0.2 s at 25 fps) and mel frames
 [floor(80 * (i - 2) / fps), +16), as Wav2Lip's training indexed them; the 5-frame lip window is
 centred on the same frame. Frames whose window does not fit inside the clip are invalid: they
 are never padded silently.
 """
+
 from __future__ import annotations
 
 import math
 
 from .audio import MEL_FPS
 
+FPS = 25  # the video frame rate every stage works at (clips and inputs are converted to it)
 MEL_STEPS = 16  # mel frames per window (0.2 s)
 HALF = 2  # video frames each side of the centre frame
 WINDOW = 2 * HALF + 1
@@ -21,7 +23,7 @@ class WindowError(ValueError):
     pass
 
 
-def mel_start(frame: int, fps: float = 25.0) -> int:
+def mel_start(frame: int, fps: float = FPS) -> int:
     """First mel frame of video frame `frame`'s window."""
     from fractions import Fraction
 
@@ -29,7 +31,7 @@ def mel_start(frame: int, fps: float = 25.0) -> int:
     return math.floor((frame - HALF) * ratio)
 
 
-def mel_window(frame: int, n_frames: int, n_mel: int, fps: float = 25.0) -> slice:
+def mel_window(frame: int, n_frames: int, n_mel: int, fps: float = FPS) -> slice:
     """The mel slice of frame `frame`; raises WindowError when the window leaves the clip."""
     if frame - HALF < 0 or frame + HALF >= n_frames:
         raise WindowError(f"frame {frame}: its 5-frame window leaves the clip (0..{n_frames - 1})")
@@ -46,7 +48,7 @@ def frame_window(frame: int, n_frames: int) -> slice:
     return slice(frame - HALF, frame + HALF + 1)
 
 
-def valid_frames(n_frames: int, n_mel: int, fps: float = 25.0) -> range:
+def valid_frames(n_frames: int, n_mel: int, fps: float = FPS) -> range:
     """Centre frames whose video and mel windows both lie inside the clip."""
     first = HALF
     while first < n_frames and mel_start(first, fps) < 0:
@@ -57,7 +59,7 @@ def valid_frames(n_frames: int, n_mel: int, fps: float = 25.0) -> range:
     return range(first, last + 1)
 
 
-def frame_of_mel(mel_frame: int, fps: float = 25.0) -> int:
+def frame_of_mel(mel_frame: int, fps: float = FPS) -> int:
     """The last video frame whose window starts at or before `mel_frame` (so that
     frame_of_mel(mel_start(i)) == i)."""
     from fractions import Fraction

@@ -1,4 +1,4 @@
-"""Mel spectrograms exactly as Wav2Lip computed them (DESIGN §4), and audio loading.
+"""Mel spectrograms exactly as Wav2Lip computed them (docs/design.md §4), and audio loading.
 
 16 kHz mono; pre-emphasis 0.97; STFT n_fft 800, hop 200, window 800 (Hann), centred with
 reflect padding (Wav2Lip ran librosa 0.7, whose default was reflect; librosa >= 0.10 pads with
@@ -6,6 +6,7 @@ zeros, which changes the first and last frames); magnitude; 80 Slaney mel bands 
 20*log10(max(1e-5, x)) - 20 dB; symmetric normalisation to [-4, 4] with min_level_db -100.
 Result: float32 [T, 80] with T = 1 + n_samples // 200 (80 frames per second).
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -44,12 +45,16 @@ def melspectrogram(wav: np.ndarray) -> np.ndarray:
     if len(wav) == 0:
         raise ValueError("empty audio")
     emphasised = lfilter([1.0, -PREEMPHASIS], [1.0], wav)
-    spec = np.abs(librosa.stft(emphasised, n_fft=N_FFT, hop_length=HOP, win_length=WIN, window="hann",
-                               center=True, pad_mode="reflect"))
+    spec = np.abs(
+        librosa.stft(
+            emphasised, n_fft=N_FFT, hop_length=HOP, win_length=WIN, window="hann", center=True, pad_mode="reflect"
+        )
+    )
     mel = mel_basis().astype(np.float64) @ spec
     db = 20.0 * np.log10(np.maximum(1e-5, mel)) - REF_LEVEL_DB
-    norm = np.clip(2 * MAX_ABS_VALUE * ((db - MIN_LEVEL_DB) / -MIN_LEVEL_DB) - MAX_ABS_VALUE,
-                   -MAX_ABS_VALUE, MAX_ABS_VALUE)
+    norm = np.clip(
+        2 * MAX_ABS_VALUE * ((db - MIN_LEVEL_DB) / -MIN_LEVEL_DB) - MAX_ABS_VALUE, -MAX_ABS_VALUE, MAX_ABS_VALUE
+    )
     return norm.T.astype(np.float32)
 
 

@@ -5,6 +5,7 @@ The system `ffmpeg` is used when it is on PATH, else the static one that imageio
 `ffmpeg -i` (streams, rates, duration) plus the MP4 sample tables (the header's frame count),
 and counts decoded frames by decoding.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PipelineError
+from .audio import SAMPLE_RATE
 
 
 @lru_cache(maxsize=1)
@@ -77,6 +79,7 @@ def run_ffmpeg(args: list[str], *, input_bytes: bytes | None = None, what: str =
 
 
 # ----------------------------------------------------------------------------- probing
+
 
 @dataclass
 class Probe:
@@ -135,7 +138,7 @@ def probe(path: str | Path, decode: bool = True) -> Probe:
         info.audio_channels = _CHANNELS.get(layout) or (int(count.group(1)) if count else None)
     if info.width is None:
         info.readable = False
-        last = [l for l in err.strip().splitlines() if l.strip()][-1:] or ["no output"]
+        last = [ln for ln in err.strip().splitlines() if ln.strip()][-1:] or ["no output"]
         info.error = "no video stream" if m or info.duration_s else f"unreadable: {last[0].strip()}"
         return info
     if decode:
@@ -211,6 +214,7 @@ def _find_box(fh, start: int, end: int, name: bytes):
 
 # ----------------------------------------------------------------------------- reading
 
+
 def read_frames(path: str | Path, size: int | None = None, fps: float | None = None) -> np.ndarray:
     """Decode all frames as uint8 RGB [T, H, W, 3] (optionally resized square / resampled)."""
     info = probe(path, decode=False)
@@ -232,16 +236,32 @@ def read_frames(path: str | Path, size: int | None = None, fps: float | None = N
     return np.frombuffer(proc.stdout[: n * frame_bytes], np.uint8).reshape(n, h, w, 3)
 
 
-def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
+def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Decode the first audio stream as float32 mono at sample_rate (downmixed, resampled)."""
-    args = ["-threads", "1", "-i", str(path), "-map", "0:a:0", "-ac", "1", "-ar", str(sample_rate),
-            "-f", "f32le", "-acodec", "pcm_f32le", "-"]
+    args = [
+        "-threads",
+        "1",
+        "-i",
+        str(path),
+        "-map",
+        "0:a:0",
+        "-ac",
+        "1",
+        "-ar",
+        str(sample_rate),
+        "-f",
+        "f32le",
+        "-acodec",
+        "pcm_f32le",
+        "-",
+    ]
     proc = run_ffmpeg(args, what=str(path))
     return np.frombuffer(proc.stdout, np.float32).copy()
 
 
-def read_av(path: str | Path, width: int, height: int, fps: float | None = None,
-            sample_rate: int = 16000) -> tuple[np.ndarray, np.ndarray]:
+def read_av(
+    path: str | Path, width: int, height: int, fps: float | None = None, sample_rate: int = SAMPLE_RATE
+) -> tuple[np.ndarray, np.ndarray]:
     """Frames (uint8 RGB [T, H, W, 3]) and audio (float32 mono at sample_rate) in one ffmpeg run.
 
     The caller knows the size from the manifest, so no probe is needed: one process per clip."""
@@ -250,8 +270,24 @@ def read_av(path: str | Path, width: int, height: int, fps: float | None = None,
         args = ["-threads", "1", "-noautorotate", "-i", str(path), "-map", "0:v:0"]  # the manifest's size, unrotated
         if fps:
             args += ["-vf", f"fps={fps}"]
-        args += ["-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1",
-                 "-map", "0:a:0", "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "-acodec", "pcm_f32le", str(wav)]
+        args += [
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "pipe:1",
+            "-map",
+            "0:a:0",
+            "-ac",
+            "1",
+            "-ar",
+            str(sample_rate),
+            "-f",
+            "f32le",
+            "-acodec",
+            "pcm_f32le",
+            str(wav),
+        ]
         proc = run_ffmpeg(args, what=str(path))
         audio = np.fromfile(wav, np.float32)
     frame_bytes = width * height * 3
@@ -263,6 +299,7 @@ def read_av(path: str | Path, width: int, height: int, fps: float | None = None,
 
 # ----------------------------------------------------------------------------- writing
 
+
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
     pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).round().astype("<i2")
     with wave.open(str(path), "wb") as wf:
@@ -272,8 +309,14 @@ def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
         wf.writeframes(pcm.tobytes())
 
 
-def write_mp4(path: str | Path, frames: np.ndarray, fps: float, audio: np.ndarray | None = None,
-              sample_rate: int = 16000, crf: int = 18) -> None:
+def write_mp4(
+    path: str | Path,
+    frames: np.ndarray,
+    fps: float,
+    audio: np.ndarray | None = None,
+    sample_rate: int = SAMPLE_RATE,
+    crf: int = 18,
+) -> None:
     """H.264 (yuv420p) + AAC mono mp4, bit-exact for the same input; written atomically."""
     path = Path(path)
     frames = np.ascontiguousarray(frames, dtype=np.uint8)
@@ -286,9 +329,26 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float, audio: np.ndarra
             write_wav(wav, audio, sample_rate)
             args += ["-i", str(wav)]
         args += ["-map", "0:v:0"] + (["-map", "1:a:0"] if audio is not None else [])
-        args += ["-c:v", "libx264", "-preset", "medium", "-crf", str(crf), "-pix_fmt", "yuv420p",
-                 "-threads", "1", "-x264-params", "threads=1",
-                 "-map_metadata", "-1", "-fflags", "+bitexact", "-flags:v", "+bitexact"]
+        args += [
+            "-c:v",
+            "libx264",
+            "-preset",
+            "medium",
+            "-crf",
+            str(crf),
+            "-pix_fmt",
+            "yuv420p",
+            "-threads",
+            "1",
+            "-x264-params",
+            "threads=1",
+            "-map_metadata",
+            "-1",
+            "-fflags",
+            "+bitexact",
+            "-flags:v",
+            "+bitexact",
+        ]
         if audio is not None:
             args += ["-c:a", "aac", "-b:a", "64k", "-ar", str(sample_rate), "-ac", "1", "-flags:a", "+bitexact"]
         args += ["-movflags", "+faststart", "-f", "mp4", str(tmp)]

@@ -1,5 +1,5 @@
 """The processed-data store: per shard, flat arrays with an index for random access of frame
-windows (DESIGN §4), not one jpg per frame.
+windows (docs/design.md §4), not one jpg per frame.
 
 A shard folder holds
   frames.u8      uint8 crops [N, S, S, 3] back to back (storage: raw), or
@@ -11,6 +11,7 @@ A shard folder holds
   meta.json      size, storage, counts, and the sha1 of every file above
 `Store` opens the gathered index and memory-maps the shards: a window costs one slice.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,8 +60,11 @@ def write_shard(out_dir: Path, clips, size: int, storage: str, failures: pd.Data
     tmp.mkdir(parents=True)
     rows, f_off, m_off, jpeg_offsets = [], 0, 0, [0]
     try:
-        with open(tmp / ("frames.u8" if storage == "raw" else "frames.jpg"), "wb") as ff, \
-                open(tmp / "landmarks.f16", "wb") as lf, open(tmp / "mels.f32", "wb") as mf:
+        with (
+            open(tmp / ("frames.u8" if storage == "raw" else "frames.jpg"), "wb") as ff,
+            open(tmp / "landmarks.f16", "wb") as lf,
+            open(tmp / "mels.f32", "wb") as mf,
+        ):
             for clip in clips:
                 n = len(clip["landmarks"])
                 if storage == "raw":
@@ -71,8 +75,16 @@ def write_shard(out_dir: Path, clips, size: int, storage: str, failures: pd.Data
                         jpeg_offsets.append(jpeg_offsets[-1] + len(blob))
                 lf.write(np.asarray(clip["landmarks"], np.float16).tobytes())
                 mf.write(np.asarray(clip["mel"], np.float32).tobytes())
-                rows.append({"clip_id": clip["clip_id"], "frame_offset": f_off, "n_frames": n,
-                             "mel_offset": m_off, "n_mel": len(clip["mel"]), **clip["meta"]})
+                rows.append(
+                    {
+                        "clip_id": clip["clip_id"],
+                        "frame_offset": f_off,
+                        "n_frames": n,
+                        "mel_offset": m_off,
+                        "n_mel": len(clip["mel"]),
+                        **clip["meta"],
+                    }
+                )
                 f_off += n
                 m_off += len(clip["mel"])
         if storage == "jpeg":
@@ -81,8 +93,15 @@ def write_shard(out_dir: Path, clips, size: int, storage: str, failures: pd.Data
         table.to_parquet(tmp / "clips.parquet", index=False)
         failures.to_parquet(tmp / "failures.parquet", index=False)
         files = sorted(p.name for p in tmp.iterdir())
-        meta = {"size": size, "storage": storage, "clips": len(rows), "frames": f_off, "mel_frames": m_off,
-                "rejected": len(failures), "sha1": {name: sha1_file(tmp / name) for name in files}}
+        meta = {
+            "size": size,
+            "storage": storage,
+            "clips": len(rows),
+            "frames": f_off,
+            "mel_frames": m_off,
+            "rejected": len(failures),
+            "sha1": {name: sha1_file(tmp / name) for name in files},
+        }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -106,7 +125,11 @@ class _Shard:
         self.size, self.storage = meta["size"], meta["storage"]
         s = self.size
         n, m = meta["frames"], meta["mel_frames"]
-        self.landmarks = np.memmap(path / "landmarks.f16", np.float16, "r", shape=(n, N_LM, 2)) if n else np.zeros((0, N_LM, 2), np.float16)
+        self.landmarks = (
+            np.memmap(path / "landmarks.f16", np.float16, "r", shape=(n, N_LM, 2))
+            if n
+            else np.zeros((0, N_LM, 2), np.float16)
+        )
         self.mels = np.memmap(path / "mels.f32", np.float32, "r", shape=(m, 80)) if m else np.zeros((0, 80), np.float32)
         if self.storage == "raw":
             self.frames = np.memmap(path / "frames.u8", np.uint8, "r", shape=(n, s, s, 3)) if n else None
@@ -120,8 +143,9 @@ class _Shard:
         stop = min(stop, len(self.offsets) - 1)
         if start >= stop:
             return np.zeros((0, self.size, self.size, 3), np.uint8)
-        return np.stack([decode_jpeg(self.jpeg[self.offsets[i]:self.offsets[i + 1]].tobytes())
-                         for i in range(start, stop)])
+        return np.stack(
+            [decode_jpeg(self.jpeg[self.offsets[i] : self.offsets[i + 1]].tobytes()) for i in range(start, stop)]
+        )
 
 
 class Store:
@@ -154,15 +178,17 @@ class Store:
             raise IndexError(f"clip {clip_id}: frames {start}..{stop} outside 0..{r.n_frames}")
         out = self._shard(int(r.shard)).frames_at(r.frame_offset + start, r.frame_offset + stop)
         if len(out) != stop - start:
-            raise IndexError(f"clip {clip_id}: shard-{r.shard} holds {len(out)} of frames {start}..{stop} "
-                             f"(index and shard disagree: re-run gather)")
+            raise IndexError(
+                f"clip {clip_id}: shard-{r.shard} holds {len(out)} of frames {start}..{stop} "
+                f"(index and shard disagree: re-run gather)"
+            )
         return out
 
     def landmarks(self, clip_id: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         r = self.row(clip_id)
         stop = r.n_frames if stop is None else stop
-        return np.array(self._shard(int(r.shard)).landmarks[r.frame_offset + start: r.frame_offset + stop], np.float32)
+        return np.array(self._shard(int(r.shard)).landmarks[r.frame_offset + start : r.frame_offset + stop], np.float32)
 
     def mel(self, clip_id: str) -> np.ndarray:
         r = self.row(clip_id)
-        return np.array(self._shard(int(r.shard)).mels[r.mel_offset: r.mel_offset + r.n_mel])
+        return np.array(self._shard(int(r.shard)).mels[r.mel_offset : r.mel_offset + r.n_mel])

@@ -1,4 +1,4 @@
-"""The SyncTalkFace generator (DESIGN §5), written anew from the paper's description.
+"""The SyncTalkFace generator (docs/design.md §5), written anew from the paper's description.
 
 Read top to bottom:
 - identity encoder: U-Net encoder on [masked target | reference] (6 channels) down to 1x1, with
@@ -13,14 +13,14 @@ Read top to bottom:
 - U-Net decoder with the identity skips -> tanh; each frame is decoded alone.
 
 Output (`output`): `direct` is the paper's (the decoder's tanh is the frame). `residual` (this
-project's default, a departure from DESIGN §5 explained in the README) decodes a change to the
+project's default, a departure from the paper explained in docs/method.md) decodes a change to the
 composite of the inputs (the masked target's upper half over the reference's lower half):
 frame = tanh(atanh(composite) + z), with the last layer zero-initialised so that training starts
 from the composite instead of from noise. A short CPU run then spends its steps on the mouth, not
 on relearning to copy the face. Whether it also helps a full-scale GPU run is not measured.
 `base_mouth: blurred` (the default) first blurs the composite's mouth region to coarse colour
 cells: started from the reference's own lips, a short run often learns to keep them instead of
-drawing the mouth from the audio (README, "The generator").
+drawing the mouth from the audio (docs/method.md, "The generator's recipe on a CPU").
 
 Sizes: 96 or 128 px (the last encoder block's kernel is the remaining map size: 3 at 96, 4 at
 128); a width multiplier scales every channel count; T frames per sample come in as [B, T, ...]
@@ -174,7 +174,7 @@ def mouth_blur_mask(size: int, box=MOUTH_BOX, device=None) -> torch.Tensor:
     """[1, 1, S, S] weight in [0, 1]: 1 over `box` (top, bottom, left, right as fractions of the
     crop; the default is the crop's mouth region: lips, mouth corners and the upper chin), feathered
     over S/12 pixels. Blurring the lips alone (0.62-0.82 x 0.32-0.68) left one seed of three
-    copying the reference's jaw and corners (README, "The generator")."""
+    copying the reference's jaw and corners (docs/method.md, "The generator's recipe on a CPU")."""
     t, b, l, r = box
     m = torch.zeros(1, 1, size, size, device=device)
     m[..., round(t * size):round(b * size), round(l * size):round(r * size)] = 1.0

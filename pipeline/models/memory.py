@@ -5,7 +5,7 @@ holds lip features. The audio query and the lip feature are each linearly projec
 is softmax(scale * cosine(projection, memory rows)) over the slots. Both the audio address
 (training and inference) and the lip address (training only) read the *value* memory.
 
-Losses that belong to the memory (DESIGN §5):
+Losses that belong to the memory (docs/design.md §5):
 - store: MSE between the lip-addressed readout and the projected lip feature, the target
   detached, so the memory learns to hold lip features and never drags them towards itself;
 - align: KL(lip address || audio address) with the lip address detached, so audio learns to

@@ -5,6 +5,7 @@ removed), by a least-squares similarity transform; the transform's scale, angle 
 are smoothed over time (the mouth landmarks themselves are not, so lip motion stays sharp).
 The lower half of a crop holds the nose tip's lower part, the mouth and the chin.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,7 +29,7 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> tuple[float, float, float, f
     s, d = src - s_mean, dst - d_mean
     a = (s * d).sum()
     b = (s[:, 0] * d[:, 1] - s[:, 1] * d[:, 0]).sum()
-    scale = np.hypot(a, b) / max(1e-9, (s ** 2).sum())
+    scale = np.hypot(a, b) / max(1e-9, (s**2).sum())
     angle = np.arctan2(b, a)
     rot = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     tx, ty = d_mean - rot @ s_mean
@@ -65,8 +66,7 @@ def warp(frames: np.ndarray, transforms: np.ndarray, size: int) -> np.ndarray:
 
     out = np.empty((len(frames), size, size, 3), np.uint8)
     for i, (frame, m) in enumerate(zip(frames, transforms)):
-        out[i] = cv2.warpAffine(frame, m, (size, size), flags=cv2.INTER_LINEAR,
-                                borderMode=cv2.BORDER_REPLICATE)
+        out[i] = cv2.warpAffine(frame, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return out
 
 

@@ -1,11 +1,12 @@
 """Face landmarks over a clip with mediapipe's face mesh, in tracking mode.
 
-The face mesh runs its face detector only when it has lost the track (DESIGN §8: ~3.7 ms per
+The face mesh runs its face detector only when it has lost the track (docs/design.md §8: ~3.7 ms per
 frame instead of ~7.3 ms). Models come from the installed wheel; nothing is downloaded. When
 several faces are visible, the speaking face is chosen once (largest and most central in the
 first frame that has faces) and followed by position for the whole clip, never switching;
 frames where it is not found are gaps, filled from their neighbours when short.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -45,13 +46,20 @@ class FaceTracker:
         self.probe_every = probe_every
         self._single = self._new_mesh(1)
         self._multi = None
-        self._detector = mp_solutions.face_detection(
-            model_selection=0, min_detection_confidence=min_confidence) if max_faces > 1 else None
+        self._detector = (
+            mp_solutions.face_detection(model_selection=0, min_detection_confidence=min_confidence)
+            if max_faces > 1
+            else None
+        )
 
     def _new_mesh(self, n: int):
         return self._mp.face_mesh(
-            static_image_mode=False, max_num_faces=n, refine_landmarks=False,
-            min_detection_confidence=self.min_confidence, min_tracking_confidence=self.min_confidence)
+            static_image_mode=False,
+            max_num_faces=n,
+            refine_landmarks=False,
+            min_detection_confidence=self.min_confidence,
+            min_tracking_confidence=self.min_confidence,
+        )
 
     def close(self) -> None:
         for m in (self._single, self._multi, self._detector):
@@ -76,8 +84,9 @@ class FaceTracker:
         out = []
         scale = np.array([w, h], np.float32)
         for face in res.multi_face_landmarks or []:
-            flat = np.fromiter((v for p in face.landmark[:N_LANDMARKS] for v in (p.x, p.y)), np.float32,
-                               2 * N_LANDMARKS)
+            flat = np.fromiter(
+                (v for p in face.landmark[:N_LANDMARKS] for v in (p.x, p.y)), np.float32, 2 * N_LANDMARKS
+            )
             out.append(flat.reshape(N_LANDMARKS, 2) * scale)
         return out
 

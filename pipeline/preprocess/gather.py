@@ -1,5 +1,6 @@
 """The gather stage: one index over all shards (random access of any clip's frames) and one
 table of every rejected clip with its reason; checksums verified, counts as metrics."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,10 @@ def run(view: dict) -> dict:
                 raise PipelineError(str(exc)) from None
         meta = json.loads((shard / "meta.json").read_text())
         if meta["size"] != cfg["img_size"] or meta["storage"] != cfg["storage"]:
-            raise PipelineError(f"{shard} was made with size {meta['size']}/{meta['storage']}, params say "
-                                f"{cfg['img_size']}/{cfg['storage']}: re-run preprocessing")
+            raise PipelineError(
+                f"{shard} was made with size {meta['size']}/{meta['storage']}, params say "
+                f"{cfg['img_size']}/{cfg['storage']}: re-run preprocessing"
+            )
         clips = pd.read_parquet(shard / "clips.parquet")
         clips["shard"] = k
         parts.append(clips)
@@ -52,12 +55,16 @@ def run(view: dict) -> dict:
     write_parquet_atomic(failures, paths.processed_failures(dataset))
     write_parquet_atomic(index, paths.processed_index(dataset))
     reasons = failures["reason"].str.split(":").str[0].value_counts().to_dict() if len(failures) else {}
-    metrics = {"clips": len(index), "rejected": len(failures),
-               "rejected_by_index": int((failures["stage"] == "index").sum()) if len(failures) else 0, "frames": int(frames),
-               "multi_face_clips": int(index["multi_face"].sum()) if len(index) else 0,
-               "resampled_clips": int(index["resampled"].sum()) if len(index) else 0,
-               "trimmed_clips": int(index["trimmed"].sum()) if len(index) else 0,
-               **{f"rejected.{k.replace(' ', '_')}": int(v) for k, v in reasons.items()}}
+    metrics = {
+        "clips": len(index),
+        "rejected": len(failures),
+        "rejected_by_index": int((failures["stage"] == "index").sum()) if len(failures) else 0,
+        "frames": int(frames),
+        "multi_face_clips": int(index["multi_face"].sum()) if len(index) else 0,
+        "resampled_clips": int(index["resampled"].sum()) if len(index) else 0,
+        "trimmed_clips": int(index["trimmed"].sum()) if len(index) else 0,
+        **{f"rejected.{k.replace(' ', '_')}": int(v) for k, v in reasons.items()},
+    }
     for split in sorted(set(index["split"])) if len(index) else []:
         metrics[f"clips_{split}"] = int((index["split"] == split).sum())
     write_json_atomic(paths.metrics("gather"), metrics)

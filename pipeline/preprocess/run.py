@@ -7,6 +7,7 @@ fraction exceeds `preprocess.max_reject_fraction`. Finished clips are kept under
 work/preprocess/<fingerprint>/shard-<k>/ so that a killed job redoes only unfinished clips;
 the shard folder is written under a temporary name and renamed at the end.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,8 +48,13 @@ def process_clip(row: dict, cfg: dict, tracker: faces.FaceTracker) -> dict:
     path = row["video_path"]
     notes = {}
     try:
-        frames, wav = ffmpeg.read_av(path, int(row["width"]), int(row["height"]),
-                                     fps=25 if row["needs_resample"] else None, sample_rate=audio_io.SAMPLE_RATE)
+        frames, wav = ffmpeg.read_av(
+            path,
+            int(row["width"]),
+            int(row["height"]),
+            fps=25 if row["needs_resample"] else None,
+            sample_rate=audio_io.SAMPLE_RATE,
+        )
         if row["needs_resample"]:
             notes["resampled_from_fps"] = float(row["fps"])
     except ffmpeg.FFmpegError as exc:
@@ -78,9 +84,14 @@ def process_clip(row: dict, cfg: dict, tracker: faces.FaceTracker) -> dict:
     crop = crops.warp(frames, transforms, size)
     lm = crops.transform_points(track.landmarks, transforms)
     mel = audio_io.melspectrogram(wav)
-    meta = {"filled_frames": int((~track.found).sum()), "max_faces": int(track.max_faces),
-            "multi_face": bool(track.max_faces > 1), "resampled": "resampled_from_fps" in notes,
-            "trimmed": "trimmed_from" in notes, "notes": json.dumps(notes)}
+    meta = {
+        "filled_frames": int((~track.found).sum()),
+        "max_faces": int(track.max_faces),
+        "multi_face": bool(track.max_faces > 1),
+        "resampled": "resampled_from_fps" in notes,
+        "trimmed": "trimmed_from" in notes,
+        "notes": json.dumps(notes),
+    }
     out = {"clip_id": row["clip_id"], "landmarks": lm.astype(np.float16), "mel": mel, "meta": meta}
     if cfg["storage"] == "raw":
         out["frames"] = crop
@@ -108,8 +119,13 @@ def _work_on(args) -> tuple[str, str, int]:
     tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}.npz")
     try:
         clip = process_clip(row, cfg, _TRACKER)
-        payload = {"kind": np.array("ok"), "clip_id": np.array(clip["clip_id"]), "landmarks": clip["landmarks"],
-                   "mel": clip["mel"], "meta": np.array(json.dumps(clip["meta"]))}
+        payload = {
+            "kind": np.array("ok"),
+            "clip_id": np.array(clip["clip_id"]),
+            "landmarks": clip["landmarks"],
+            "mel": clip["mel"],
+            "meta": np.array(json.dumps(clip["meta"])),
+        }
         if "frames" in clip:
             payload["frames"] = clip["frames"]
         else:
@@ -139,8 +155,12 @@ def _load_finished(path: Path):
     with np.load(path, allow_pickle=True) as z:
         if str(z["kind"]) == "reject":
             return None, {"clip_id": str(z["clip_id"]), "reason": str(z["reason"])}
-        clip = {"clip_id": str(z["clip_id"]), "landmarks": z["landmarks"], "mel": z["mel"],
-                "meta": json.loads(str(z["meta"]))}
+        clip = {
+            "clip_id": str(z["clip_id"]),
+            "landmarks": z["landmarks"],
+            "mel": z["mel"],
+            "meta": json.loads(str(z["meta"])),
+        }
         if "frames" in z:
             clip["frames"] = z["frames"]
         else:
@@ -164,10 +184,19 @@ def run(view: dict, shard: int) -> dict:
     work = paths.work_dir("preprocess", fp) / f"shard-{shard}"
     work.mkdir(parents=True, exist_ok=True)
     # finished clips are reused; rejected ones are tried again (the file may have been fixed)
-    retried = [r for r in rows if _clip_file(work, r["clip_id"]).exists() and _is_reject(_clip_file(work, r["clip_id"]))]
+    retried = [
+        r for r in rows if _clip_file(work, r["clip_id"]).exists() and _is_reject(_clip_file(work, r["clip_id"]))
+    ]
     todo = [r for r in rows if not _clip_file(work, r["clip_id"]).exists()] + retried
-    log.info("shard %d/%d: %d clips, %d already done (resuming from %s)%s", shard, n_shards, len(rows),
-             len(rows) - len(todo), work, f", {len(retried)} rejected before tried again" if retried else "")
+    log.info(
+        "shard %d/%d: %d clips, %d already done (resuming from %s)%s",
+        shard,
+        n_shards,
+        len(rows),
+        len(rows) - len(todo),
+        work,
+        f", {len(retried)} rejected before tried again" if retried else "",
+    )
     started = time.time()
     n_workers = max(1, min(workers(cfg["workers"]), len(todo) or 1))
     frames_done = 0
@@ -175,9 +204,11 @@ def run(view: dict, shard: int) -> dict:
 
     if todo:
         jobs = [(r, cfg, str(work)) for r in todo]
-        with mp.get_context("fork").Pool(n_workers, initializer=_init_worker, initargs=(cfg["max_faces"],)) as pool, \
-                tqdm(total=len(jobs), desc=f"preprocess shard {shard}", unit="clip", disable=None) as bar:
-            for kind, reason, n in pool.imap_unordered(_work_on, jobs, chunksize=1):
+        with (
+            mp.get_context("fork").Pool(n_workers, initializer=_init_worker, initargs=(cfg["max_faces"],)) as pool,
+            tqdm(total=len(jobs), desc=f"preprocess shard {shard}", unit="clip", disable=None) as bar,
+        ):
+            for _kind, _reason, n in pool.imap_unordered(_work_on, jobs, chunksize=1):
                 frames_done += n
                 bar.update(1)
     seconds = time.time() - started
@@ -205,12 +236,20 @@ def run(view: dict, shard: int) -> dict:
         raise PipelineError(
             f"shard {shard}: {len(failures)} of {len(rows)} clips rejected ({fraction:.0%} > "
             f"preprocess.max_reject_fraction {cfg['max_reject_fraction']:.0%}); reasons: {reasons}. "
-            f"Finished clips are kept in {work} for the re-run.")
-    meta = store.write_shard(paths.processed_shard(dataset, shard), finished(), cfg["img_size"], cfg["storage"], fail_df)
+            f"Finished clips are kept in {work} for the re-run."
+        )
+    meta = store.write_shard(
+        paths.processed_shard(dataset, shard), finished(), cfg["img_size"], cfg["storage"], fail_df
+    )
     shutil.rmtree(work, ignore_errors=True)
     per_core = frames_done / max(1e-9, seconds) / n_workers
-    summary = {"clips": meta["clips"], "rejected": meta["rejected"], "frames": meta["frames"],
-               "frames_per_s_per_core": round(per_core, 1), "workers": n_workers}
+    summary = {
+        "clips": meta["clips"],
+        "rejected": meta["rejected"],
+        "frames": meta["frames"],
+        "frames_per_s_per_core": round(per_core, 1),
+        "workers": n_workers,
+    }
     return summary
 
 

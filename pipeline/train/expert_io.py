@@ -4,6 +4,7 @@ A checkpoint records the network's config, including its input convention: the p
 experts take RGB; Wav2Lip's `lipsync_expert.pth` was trained on BGR crops in [0, 1] (unaligned
 S3FD boxes, bottom padded by 10 px), so an imported expert converts RGB to BGR at its boundary.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,14 @@ FORMAT = "synctalkface-syncnet-v1"
 
 def package(model: torch.nn.Module, step: int, metrics: dict, source: str = "trained") -> dict:
     m = model.module if hasattr(model, "module") else model
-    return {"format": FORMAT, "config": m.config(), "state_dict": m.state_dict(), "step": step,
-            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "source": source}
+    return {
+        "format": FORMAT,
+        "config": m.config(),
+        "state_dict": m.state_dict(),
+        "step": step,
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        "source": source,
+    }
 
 
 def load_expert(path: str | Path, device: torch.device | str = "cpu") -> SyncNet:
@@ -31,8 +38,10 @@ def load_expert(path: str | Path, device: torch.device | str = "cpu") -> SyncNet
     generator training, which left the expert in training mode) and no gradients."""
     state = torch.load(path, map_location=device, weights_only=False)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise PipelineError(f"{path}: not a sync-expert checkpoint of this project (import Wav2Lip's with "
-                            f"`python -m pipeline import-expert FILE`)")
+        raise PipelineError(
+            f"{path}: not a sync-expert checkpoint of this project (import Wav2Lip's with "
+            f"`python -m pipeline import-expert FILE`)"
+        )
     model = SyncNet(**state["config"]).to(device)
     model.load_state_dict(state["state_dict"])
     model.eval()
@@ -49,7 +58,7 @@ def wav2lip_state_dict(path: str | Path) -> dict:
     sd = raw.get("state_dict", raw) if isinstance(raw, dict) else None
     if not isinstance(sd, dict) or not sd:
         raise PipelineError(f"{path}: no state_dict inside (expected Wav2Lip's {{'state_dict': ...}} layout)")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+    return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in sd.items()}
 
 
 def import_wav2lip(path: str | Path) -> SyncNet:
@@ -58,11 +67,15 @@ def import_wav2lip(path: str | Path) -> SyncNet:
     sd = wav2lip_state_dict(path)
     result = model.load_state_dict(sd, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise PipelineError(f"{path}: not Wav2Lip's SyncNet_color layout: missing {result.missing_keys[:5]}, "
-                            f"unexpected {result.unexpected_keys[:5]}")
+        raise PipelineError(
+            f"{path}: not Wav2Lip's SyncNet_color layout: missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )
     model.load_state_dict(sd, strict=True)
-    log.warning("imported Wav2Lip's expert: it was trained on unaligned S3FD face boxes (bottom padded by 10 px) "
-                "in BGR; this project's aligned crops differ from its training crops, so expect lower confidence")
+    log.warning(
+        "imported Wav2Lip's expert: it was trained on unaligned S3FD face boxes (bottom padded by 10 px) "
+        "in BGR; this project's aligned crops differ from its training crops, so expect lower confidence"
+    )
     return model
 
 

@@ -1,4 +1,4 @@
-"""The generator's losses (DESIGN §5) and where their gradients may go.
+"""The generator's losses (docs/design.md §5) and where their gradients may go.
 
 total = w_l1 * (L1 of the audio-path decode + L1 of the lip-path decode)
         + w_store * store + w_align * align            (memory variant: models/memory.py)
@@ -17,6 +17,7 @@ generator cannot yet draw from the audio is an adversarial colour pattern on the
 mouth shape (seen in the sample grids). Wav2Lip likewise switched its sync term on late, once its
 generator's sync loss was low.
 """
+
 from __future__ import annotations
 
 import copy
@@ -38,9 +39,9 @@ def expert_windows(frames: torch.Tensor, mel: torch.Tensor) -> tuple[torch.Tenso
     b, t, _, s, _ = frames.shape
     if t < WINDOW:
         raise ValueError(f"sync losses need T >= {WINDOW} frames, got {t}")
-    lower = (frames[:, :, :, s // 2:] + 1.0) / 2.0
-    faces = torch.stack([lower[:, c - 2: c + 3].reshape(b, -1, s // 2, s) for c in range(2, t - 2)], 1)
-    mels = mel[:, 2: t - 2]
+    lower = (frames[:, :, :, s // 2 :] + 1.0) / 2.0
+    faces = torch.stack([lower[:, c - 2 : c + 3].reshape(b, -1, s // 2, s) for c in range(2, t - 2)], 1)
+    mels = mel[:, 2 : t - 2]
     return faces.reshape(-1, *faces.shape[2:]), mels.reshape(-1, *mels.shape[2:])
 
 
@@ -48,7 +49,7 @@ def lip_windows(frames: torch.Tensor) -> torch.Tensor:
     """frames [B, T, 3, S, S] -> the lip encoder's inputs [N, 3, 5, S, S] (upper half zeroed) for
     every 5-frame window, in the order of expert_windows."""
     b, t, c, s, _ = frames.shape
-    wins = torch.stack([frames[:, k - 2: k + 3] for k in range(2, t - 2)], 1)  # [B, W, 5, 3, S, S]
+    wins = torch.stack([frames[:, k - 2 : k + 3] for k in range(2, t - 2)], 1)  # [B, W, 5, 3, S, S]
     wins = wins.reshape(-1, WINDOW, c, s, s).transpose(1, 2)
     mask = torch.ones_like(wins[:1])
     mask[..., : s // 2, :] = 0.0
@@ -82,9 +83,18 @@ def vv_sync_loss(lip_copy: FrozenCopy, fake: torch.Tensor, real: torch.Tensor) -
     return F.l1_loss(lip_copy(lip_windows(fake)).float(), target.float())
 
 
-def generator_losses(out: dict, batch: dict, weights: dict, expert: nn.Module, lip_copy: FrozenCopy | None,
-                     disc: nn.Module | None, use_gan: bool, use_sync: bool = True,
-                     both_decodes: bool = False, expert_vv: bool = False) -> tuple[torch.Tensor, dict]:
+def generator_losses(
+    out: dict,
+    batch: dict,
+    weights: dict,
+    expert: nn.Module,
+    lip_copy: FrozenCopy | None,
+    disc: nn.Module | None,
+    use_gan: bool,
+    use_sync: bool = True,
+    both_decodes: bool = False,
+    expert_vv: bool = False,
+) -> tuple[torch.Tensor, dict]:
     """The weighted total and every term (tensors; the AV sync terms are detached and left out of
     the total while `use_sync` is false). `both_decodes` (`generator.lip_decode_losses: all`, the
     authors' code): the AV sync, VV sync and GAN terms are applied to the lip-path decode too, as

@@ -8,6 +8,7 @@ final check on the val split (whole clips, audio path only):
   (the same composite, whose mouth is the reference's: it follows the audio of half a clip away,
   so its confident offset is far from 0 and its confidence at offset 0 is low).
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,24 @@ from ..evaluate.metrics import mouth, psnr
 from ..runtime import write_curves_csv
 from .sync_check import clip_embeddings, estimate_offset, offset_distances
 
-PLOT_FIELDS = ["step", "loss", "l1", "l1_lip", "store", "align", "av_sync", "vv_sync", "gan", "d_loss", "d_real",
-               "d_fake", "val_l1", "val_psnr", "val_psnr_mouth", "val_sync_loss"]
+PLOT_FIELDS = [
+    "step",
+    "loss",
+    "l1",
+    "l1_lip",
+    "store",
+    "align",
+    "av_sync",
+    "vv_sync",
+    "gan",
+    "d_loss",
+    "d_real",
+    "d_fake",
+    "val_l1",
+    "val_psnr",
+    "val_psnr_mouth",
+    "val_sync_loss",
+]
 
 
 def save_grid(grid: np.ndarray, path: Path) -> None:
@@ -77,14 +94,16 @@ def final_check(model, expert, val, cfg: dict, max_clips: int = 64) -> dict:
         ref_at0.append(rc0)
     real, fake, comp = (np.concatenate(x).astype(np.float64) for x in (real_m, fake_m, comp_m))
     offs = np.array(offs)
-    return {"final_mouth_l1": float(np.abs(fake - real).mean() / 255.0),
-            "final_mouth_psnr": psnr(fake, real),
-            "composite_mouth_l1": float(np.abs(comp - real).mean() / 255.0),
-            "composite_mouth_psnr": psnr(comp, real),
-            "final_sync_within1": float((np.abs(offs) <= 1).mean()),
-            "final_sync_abs_offset": float(np.abs(offs).mean()),
-            "final_sync_confidence": float(np.mean(confs)),
-            "final_sync_confidence_at0": float(np.mean(at0)),
-            "reference_sync_within1": float((np.abs(ref_offs) <= 1).mean()),
-            "reference_sync_confidence_at0": float(np.mean(ref_at0)),
-            "final_clips": len(offs)}
+    return {
+        "final_mouth_l1": float(np.abs(fake - real).mean() / 255.0),
+        "final_mouth_psnr": psnr(fake, real),
+        "composite_mouth_l1": float(np.abs(comp - real).mean() / 255.0),
+        "composite_mouth_psnr": psnr(comp, real),
+        "final_sync_within1": float((np.abs(offs) <= 1).mean()),
+        "final_sync_abs_offset": float(np.abs(offs).mean()),
+        "final_sync_confidence": float(np.mean(confs)),
+        "final_sync_confidence_at0": float(np.mean(at0)),
+        "reference_sync_within1": float((np.abs(ref_offs) <= 1).mean()),
+        "reference_sync_confidence_at0": float(np.mean(ref_at0)),
+        "final_clips": len(offs),
+    }

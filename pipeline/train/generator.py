@@ -1,5 +1,5 @@
 """The train_generator stage (one per variant): SyncTalkFace's generator against a quality
-discriminator, with the frozen sync expert (DESIGN §5).
+discriminator, with the frozen sync expert (docs/design.md §5).
 
 One generator step, then one discriminator step (Adam, betas from params). Stability where the
 authors' run failed: no GAN term for `gan_warmup` steps, then its weight ramped up over
@@ -12,6 +12,7 @@ RNG) under work/train_generator/<fingerprint>/ every `checkpoint_every` steps, a
 validation, on SIGTERM/SIGUSR1 and at the end, so a killed run continues exactly. Clips that
 sync_check excluded are not used.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,8 +67,10 @@ def datasets(view: dict) -> tuple[GeneratorDataset, GeneratorDataset, int]:
     train = GeneratorDataset(store, ("train",), clip_ids=keep, seed=cfg["seed"], t=cfg["frames"])
     val = GeneratorDataset(store, ("val",), clip_ids=keep, seed=cfg["seed"] + 1, t=cfg["frames"])
     if len(train) == 0 or len(val) == 0:
-        raise PipelineError(f"no train or no val window of {cfg['frames']} frames in {root} after sync_check's "
-                            f"exclusions ({excluded} clips excluded)")
+        raise PipelineError(
+            f"no train or no val window of {cfg['frames']} frames in {root} after sync_check's "
+            f"exclusions ({excluded} clips excluded)"
+        )
     return train, val, excluded
 
 
@@ -81,14 +84,26 @@ def build(view: dict, variant: str, expert: torch.nn.Module | None = None) -> tu
             raise PipelineError("generator.lip_encoder: expert needs the sync expert to build the generator")
         ec = expert.config()
         lip = {"kind": "expert", "width": ec["width"], "input_channels": ec["input_channels"]}
-    g = Generator(view["preprocess"]["img_size"], cfg["width"], use_memory=variant == "memory", slots=cfg["slots"],
-                  dropout=cfg["dropout"], address_scale=cfg["address_scale"], output=cfg["output"],
-                  base_mouth=cfg["base_mouth"], query_norm=cfg.get("query_norm", "none"),
-                  audio_drop=cfg.get("audio_drop", 0.0), lip_encoder=lip, fusion=cfg.get("fusion", "relu"))
+    g = Generator(
+        view["preprocess"]["img_size"],
+        cfg["width"],
+        use_memory=variant == "memory",
+        slots=cfg["slots"],
+        dropout=cfg["dropout"],
+        address_scale=cfg["address_scale"],
+        output=cfg["output"],
+        base_mouth=cfg["base_mouth"],
+        query_norm=cfg.get("query_norm", "none"),
+        audio_drop=cfg.get("audio_drop", 0.0),
+        lip_encoder=lip,
+        fusion=cfg.get("fusion", "relu"),
+    )
     if lip is not None:
         if expert.img_size != g.img_size:
-            raise PipelineError(f"generator.lip_encoder: expert needs an expert of the generator's image size "
-                                f"({g.img_size} px), got {expert.img_size} px")
+            raise PipelineError(
+                f"generator.lip_encoder: expert needs an expert of the generator's image size "
+                f"({g.img_size} px), got {expert.img_size} px"
+            )
         g.lip.face_encoder.load_state_dict(expert.face_encoder.state_dict())
     return g, QualityDiscriminator(cfg["width"])
 
@@ -101,8 +116,10 @@ def generator_groups(g: Generator, lr: float, memory_lr_scale: float) -> list[di
         return [{"params": list(g.parameters())}]
     rows = [g.memory.key, g.memory.value]
     ids = {id(p) for p in rows}
-    return [{"params": [p for p in g.parameters() if id(p) not in ids]},
-            {"params": rows, "lr": lr * memory_lr_scale, "lr_scale": memory_lr_scale}]
+    return [
+        {"params": [p for p in g.parameters() if id(p) not in ids]},
+        {"params": rows, "lr": lr * memory_lr_scale, "lr_scale": memory_lr_scale},
+    ]
 
 
 def init_audio_from_expert(g: Generator, expert: torch.nn.Module) -> None:
@@ -115,9 +132,11 @@ def init_audio_from_expert(g: Generator, expert: torch.nn.Module) -> None:
     ours = g.audio.state_dict()
     bad = [k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape]
     if bad or len(theirs) != len(ours):
-        raise PipelineError(f"generator.audio_init: expert needs the expert's audio encoder to match the generator's "
-                            f"(same width: sync_expert.audio_width, or its width when that is null, "
-                            f"== generator.width); {len(bad)} of {len(ours)} tensors differ, e.g. {bad[:3]}")
+        raise PipelineError(
+            f"generator.audio_init: expert needs the expert's audio encoder to match the generator's "
+            f"(same width: sync_expert.audio_width, or its width when that is null, "
+            f"== generator.width); {len(bad)} of {len(ours)} tensors differ, e.g. {bad[:3]}"
+        )
     g.audio.load_state_dict({k: v.detach().clone() for k, v in theirs.items()})
 
 
@@ -131,9 +150,12 @@ def validate(model: Generator, expert, batch: dict, rt: loop.Runtime) -> tuple[d
         sync = av_sync_loss(expert, fake, b["mel"]).item()
     model.train()
     real_u8, fake_u8 = to_uint8(b["target"]), to_uint8(fake)
-    metrics = {"val_l1": torch.nn.functional.l1_loss(fake, b["target"]).item(),
-               "val_psnr": psnr(fake_u8, real_u8), "val_psnr_mouth": psnr(mouth(fake_u8), mouth(real_u8)),
-               "val_sync_loss": sync}
+    metrics = {
+        "val_l1": torch.nn.functional.l1_loss(fake, b["target"]).item(),
+        "val_psnr": psnr(fake_u8, real_u8),
+        "val_psnr_mouth": psnr(mouth(fake_u8), mouth(real_u8)),
+        "val_sync_loss": sync,
+    }
     rows = [np.concatenate([real_u8[i, 0], fake_u8[i, 0]], axis=1) for i in range(min(6, len(real_u8)))]
     return metrics, np.concatenate(rows, axis=0)
 
@@ -157,8 +179,9 @@ class TrainState:
         if cfg["audio_init"] == "expert":
             init_audio_from_expert(g, expert)
         self.g, self.d = g.to(rt.device), d.to(rt.device)
-        self.opt_g = torch.optim.Adam(generator_groups(g, cfg["lr_g"], cfg.get("memory_lr_scale", 1.0)), lr=cfg["lr_g"],
-                                      betas=tuple(cfg["betas"]))
+        self.opt_g = torch.optim.Adam(
+            generator_groups(g, cfg["lr_g"], cfg.get("memory_lr_scale", 1.0)), lr=cfg["lr_g"], betas=tuple(cfg["betas"])
+        )
         self.opt_d = torch.optim.Adam(d.parameters(), lr=cfg["lr_d"], betas=tuple(cfg["betas"]))
         self.d_scaler = torch.amp.GradScaler("cuda") if rt.scaler is not None else None
         self.net_g = torch.compile(self.g) if cfg["compile"] and rt.device.type == "cuda" else self.g
@@ -170,10 +193,15 @@ class TrainState:
 
     def state_dict(self) -> dict:
         rt = self.rt
-        return {"generator": self.g.state_dict(), "discriminator": self.d.state_dict(),
-                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(), "config": self.g.config(),
-                "variant": self.variant,
-                "scalers": [rt.scaler.state_dict(), self.d_scaler.state_dict()] if rt.scaler is not None else None}
+        return {
+            "generator": self.g.state_dict(),
+            "discriminator": self.d.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "config": self.g.config(),
+            "variant": self.variant,
+            "scalers": [rt.scaler.state_dict(), self.d_scaler.state_dict()] if rt.scaler is not None else None,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.g.load_state_dict(state["generator"])
@@ -190,8 +218,9 @@ class TrainState:
             for group in opt.param_groups:
                 group["lr"] = base * f * group.get("lr_scale", 1.0)
 
-    def step_on(self, batch: dict, use_gan: bool, on_non_finite=None, use_sync: bool = True,
-                gan_scale: float = 1.0) -> dict:
+    def step_on(
+        self, batch: dict, use_gan: bool, on_non_finite=None, use_sync: bool = True, gan_scale: float = 1.0
+    ) -> dict:
         """One G step then one D step; returns every loss term and the D/G balance (floats).
         `gan_scale` multiplies the GAN term's weight (its ramp). `on_non_finite(parts)` is called
         (on every rank) before any update when the loss is not finite; it is expected to raise."""
@@ -200,11 +229,25 @@ class TrainState:
         for p in d.parameters():  # the G step must not touch D
             p.requires_grad_(False)
         with loop.autocast(rt):
-            out = self.net_g(batch["masked"], batch["reference"], batch["mel"],
-                             batch["lip"] if g.use_memory else None, cfg["lip_path"])
-            total, parts = generator_losses(out, batch, weights, self.expert, self.lip_copy, d, use_gan,
-                                            use_sync, cfg.get("lip_decode_losses", "l1") == "all",
-                                            expert_vv=isinstance(g.lip, ExpertLipEncoder))
+            out = self.net_g(
+                batch["masked"],
+                batch["reference"],
+                batch["mel"],
+                batch["lip"] if g.use_memory else None,
+                cfg["lip_path"],
+            )
+            total, parts = generator_losses(
+                out,
+                batch,
+                weights,
+                self.expert,
+                self.lip_copy,
+                d,
+                use_gan,
+                use_sync,
+                cfg.get("lip_decode_losses", "l1") == "all",
+                expert_vv=isinstance(g.lip, ExpertLipEncoder),
+            )
         if loop.any_rank(rt, not bool(torch.isfinite(total))):  # every rank stops together
             for p in d.parameters():
                 p.requires_grad_(True)
@@ -220,10 +263,14 @@ class TrainState:
             fake_logits = self.net_d(fake.reshape(-1, *fake.shape[2:]))
             loss_d = d_loss(real_logits, fake_logits)
         loop.backward_step(rt, loss_d, self.opt_d, d.parameters(), cfg["grad_clip"] or None, scaler=self.d_scaler)
-        row = {"loss": total.item(), "d_loss": loss_d.item(), "g_grad_norm": g_norm,
-               "d_real": torch.sigmoid(real_logits.float()).mean().item(),
-               "d_fake": torch.sigmoid(fake_logits.float()).mean().item(),
-               **{k: v.item() for k, v in parts.items()}}
+        row = {
+            "loss": total.item(),
+            "d_loss": loss_d.item(),
+            "g_grad_norm": g_norm,
+            "d_real": torch.sigmoid(real_logits.float()).mean().item(),
+            "d_fake": torch.sigmoid(fake_logits.float()).mean().item(),
+            **{k: v.item() for k, v in parts.items()},
+        }
         return {k: loop.all_mean(rt, v) for k, v in row.items()}
 
 
@@ -231,7 +278,7 @@ def gan_scale(cfg: dict, step: int) -> float:
     """The GAN weight's factor at `step`: 0 during `gan_warmup`, then rising linearly to 1 over
     `gan_ramp` steps. The discriminator trains from the first step, so by the end of the warm-up it
     tells real from generated with near certainty; its full weight at once pulled the generator
-    off its L1 course (mouth L1 up by half on one seed of three, README)."""
+    off its L1 course (docs/method.md, "The generator's recipe on a CPU")."""
     if step < cfg["gan_warmup"]:
         return 0.0
     return min(1.0, (step - cfg["gan_warmup"] + 1) / cfg["gan_ramp"]) if cfg["gan_ramp"] > 0 else 1.0
@@ -244,8 +291,9 @@ def _terms(parts: dict) -> str:
 def train_worker(rank: int, world: int, view: dict, variant: str, work: str, tracker) -> None:
     cfg = view["generator"]
     rt = loop.worker_setup(cfg["amp"], rank, world)
-    log.info("%s: rank %d of %d DDP process(es) on %s, %s autocast", variant, rt.rank, rt.world_size, rt.device,
-             rt.precision)
+    log.info(
+        "%s: rank %d of %d DDP process(es) on %s, %s autocast", variant, rt.rank, rt.world_size, rt.device, rt.precision
+    )
     if rt.is_main and tracker is not None:
         tracker.set_tags({"precision": rt.precision, "threads": str(rt.threads)})
     work = Path(work)
@@ -271,13 +319,23 @@ def train_worker(rank: int, world: int, view: dict, variant: str, work: str, tra
 
     def checkpoint():
         if rt.is_main:
-            loop.save_checkpoint(ckpt_path, {**ts.state_dict(), "step": step, "history": history,
-                                             "rng": loop.rng_state(), "numerics": loop.numerics(rt)})
+            loop.save_checkpoint(
+                ckpt_path,
+                {
+                    **ts.state_dict(),
+                    "step": step,
+                    "history": history,
+                    "rng": loop.rng_state(),
+                    "numerics": loop.numerics(rt),
+                },
+            )
 
     def non_finite(parts):
-        raise PipelineError(f"train_generator ({variant}): the loss is not finite at step {step} ({_terms(parts)}); "
-                            f"the last good checkpoint (step {_saved_step(ckpt_path)}) is kept in {work}: "
-                            f"lower generator.lr_g / lr_d or raise generator.grad_clip, then re-run")
+        raise PipelineError(
+            f"train_generator ({variant}): the loss is not finite at step {step} ({_terms(parts)}); "
+            f"the last good checkpoint (step {_saved_step(ckpt_path)}) is kept in {work}: "
+            f"lower generator.lr_g / lr_d or raise generator.grad_clip, then re-run"
+        )
 
     started, first_step = time.time(), step
     try:
@@ -289,8 +347,9 @@ def train_worker(rank: int, world: int, view: dict, variant: str, work: str, tra
             batch = {k: v.to(rt.device) for k, v in collate([train[i] for i in idx]).items()}
             use_gan = step >= cfg["gan_warmup"] and cfg["weights"]["gan"] > 0
             ts.set_lr(step)
-            row = ts.step_on(batch, use_gan, non_finite, use_sync=step >= cfg["sync_warmup"],
-                             gan_scale=gan_scale(cfg, step))
+            row = ts.step_on(
+                batch, use_gan, non_finite, use_sync=step >= cfg["sync_warmup"], gan_scale=gan_scale(cfg, step)
+            )
             step += 1
             row = {"step": step, **row}
             if step % cfg["eval_every"] == 0 or step == cfg["max_steps"]:
@@ -301,10 +360,21 @@ def train_worker(rank: int, world: int, view: dict, variant: str, work: str, tra
                     if tracker is not None:
                         tracker.log_artifact(work / "samples" / f"step_{step:06d}.png", "samples")
                     rate = (step - first_step) * cfg["batch_size"] / max(1e-9, time.time() - started)
-                    log.info("%s step %d: loss %.4f (l1 %.4f, sync %.3f), d %.3f, val l1 %.4f psnr %.2f "
-                             "(mouth %.2f), val sync %.3f, %.1f samples/s", variant, step, row["loss"], row["l1"],
-                             row["av_sync"], row["d_loss"], row["val_l1"], row["val_psnr"], row["val_psnr_mouth"],
-                             row["val_sync_loss"], rate)
+                    log.info(
+                        "%s step %d: loss %.4f (l1 %.4f, sync %.3f), d %.3f, val l1 %.4f psnr %.2f "
+                        "(mouth %.2f), val sync %.3f, %.1f samples/s",
+                        variant,
+                        step,
+                        row["loss"],
+                        row["l1"],
+                        row["av_sync"],
+                        row["d_loss"],
+                        row["val_l1"],
+                        row["val_psnr"],
+                        row["val_psnr_mouth"],
+                        row["val_sync_loss"],
+                        rate,
+                    )
             history.append(row)
             if rt.is_main and tracker is not None and (step % cfg["log_every"] == 0 or "val_l1" in row):
                 tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
@@ -335,14 +405,19 @@ def run(view: dict, tracker=None, variant: str = "memory") -> dict:
     train, val, excluded = datasets(view)  # fail early on a missing store or sync_check table
     expert_cfg = torch.load(expert_path, map_location="cpu", weights_only=False)["config"]
     if expert_cfg["img_size"] != view["preprocess"]["img_size"]:
-        raise PipelineError(f"the sync expert works on {expert_cfg['img_size']} px crops but preprocess.img_size "
-                            f"is {view['preprocess']['img_size']}: retrain it (train_sync_expert)")
+        raise PipelineError(
+            f"the sync expert works on {expert_cfg['img_size']} px crops but preprocess.img_size "
+            f"is {view['preprocess']['img_size']}: retrain it (train_sync_expert)"
+        )
     if cfg["audio_init"] == "expert" and expert_cfg.get("width") != cfg["width"]:
-        raise PipelineError(f"generator.audio_init: expert needs the expert's audio encoder to match the generator's: "
-                            f"sync_expert width {expert_cfg.get('width')} != generator.width {cfg['width']} "
-                            f"(set them equal, or generator.audio_init: random)")
-    log.info("%s: %d train and %d val windows (%d clips excluded by sync_check)", variant, len(train), len(val),
-             excluded)
+        raise PipelineError(
+            f"generator.audio_init: expert needs the expert's audio encoder to match the generator's: "
+            f"sync_expert width {expert_cfg.get('width')} != generator.width {cfg['width']} "
+            f"(set them equal, or generator.audio_init: random)"
+        )
+    log.info(
+        "%s: %d train and %d val windows (%d clips excluded by sync_check)", variant, len(train), len(val), excluded
+    )
     shards = sorted(paths.processed_shards(ds).glob("shard-*/meta.json"))
     # keys that only say how long or how to run leave the checkpoint valid (raising max_steps
     # continues the run), unless the learning rate decays towards max_steps
@@ -355,8 +430,15 @@ def run(view: dict, tracker=None, variant: str = "memory") -> dict:
     if tracker is not None:
         tracker.set_tags({"variant": variant, "expert_run": _expert_run(expert_path), "sync_check_excluded": excluded})
     started = time.time()
-    loop.run_workers(train_worker, max(1, cfg["gpus"]), view, variant, str(work), tracker,
-                     threads=loop.resume_threads(work / "checkpoint.pt"))
+    loop.run_workers(
+        train_worker,
+        max(1, cfg["gpus"]),
+        view,
+        variant,
+        str(work),
+        tracker,
+        threads=loop.resume_threads(work / "checkpoint.pt"),
+    )
     if launcher_rank() != 0:  # torchrun/srun started every rank: rank 0 alone writes the outputs
         return {"rank": launcher_rank()}
     state = loop.load_checkpoint(work / "checkpoint.pt")
@@ -366,15 +448,22 @@ def run(view: dict, tracker=None, variant: str = "memory") -> dict:
     g.eval()
     history = state["history"]
     final = gen_report.final_check(g, expert, val, cfg)
-    metrics = {"steps": state["step"], "train_seconds": round(time.time() - started, 1),
-               "train_windows": len(train), "excluded_clips": excluded,
-               **{k: v for k, v in history[-1].items() if k.startswith("val_")}, **final}
+    metrics = {
+        "steps": state["step"],
+        "train_seconds": round(time.time() - started, 1),
+        "train_windows": len(train),
+        "excluded_clips": excluded,
+        **{k: v for k, v in history[-1].items() if k.startswith("val_")},
+        **final,
+    }
     out = paths.model_dir("generator") / variant
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    torch.save(gen.package(g, state["step"], without_timings(metrics), {"variant": variant, "dataset": ds}),
-               tmp / "generator.pt")
+    torch.save(
+        gen.package(g, state["step"], without_timings(metrics), {"variant": variant, "dataset": ds}),
+        tmp / "generator.pt",
+    )
     grids = sorted((work / "samples").glob("step_*.png"))
     if grids:
         shutil.copy2(grids[-1], tmp / "samples.png")

@@ -10,6 +10,7 @@
 - Batches: a pure function of (seed, step, rank), so a resumed run sees exactly the batches the
   uninterrupted run would have seen.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -123,8 +124,7 @@ def worker_setup(amp: bool, rank: int, world: int) -> Runtime:
     if launcher_env() is not None:  # torchrun / srun: rank, world size and local rank from them
         rt = setup(amp=amp)
     else:
-        rt = setup(amp=amp, rank=rank if world > 1 else None, world_size=world if world > 1 else None,
-                   local_rank=rank)
+        rt = setup(amp=amp, rank=rank if world > 1 else None, world_size=world if world > 1 else None, local_rank=rank)
     value = os.environ.get(RANK_THREADS_VAR, "")
     rt.threads = int(value) if value.isdigit() and int(value) > 0 else max(1, threads() // rt.world_size)
     torch.set_num_threads(rt.threads)
@@ -155,8 +155,11 @@ def resume_threads(ckpt_path: Path) -> int | None:
     if not saved:
         return None
     if saved.get("world_size", 1) == 1 and saved["threads"] != torch.get_num_threads():
-        log.info("continuing with %d thread(s) per process, as the checkpoint's run (this process has %d)",
-                 saved["threads"], torch.get_num_threads())
+        log.info(
+            "continuing with %d thread(s) per process, as the checkpoint's run (this process has %d)",
+            saved["threads"],
+            torch.get_num_threads(),
+        )
         torch.set_num_threads(saved["threads"])
     return saved["threads"]
 
@@ -167,11 +170,18 @@ def check_resume(rt: Runtime, saved: dict | None, what: str) -> None:
     if not saved:
         return
     now = numerics(rt)
-    differs = [f"{k} {saved[k]} -> {now[k]}" for k in ("precision", "world_size", "threads", "device")
-               if k in saved and saved[k] != now[k]]
+    differs = [
+        f"{k} {saved[k]} -> {now[k]}"
+        for k in ("precision", "world_size", "threads", "device")
+        if k in saved and saved[k] != now[k]
+    ]
     if differs:
-        log.warning("%s: resumed with other numerics than the checkpoint's (%s): the result will not be "
-                    "byte-identical to an uninterrupted run", what, "; ".join(differs))
+        log.warning(
+            "%s: resumed with other numerics than the checkpoint's (%s): the result will not be "
+            "byte-identical to an uninterrupted run",
+            what,
+            "; ".join(differs),
+        )
 
 
 def teardown(rt: Runtime) -> None:
@@ -185,8 +195,9 @@ def autocast(rt: Runtime):
     return torch.autocast(device_type=rt.device.type, dtype=rt.amp_dtype)
 
 
-def backward_step(rt: Runtime, loss: torch.Tensor, optimiser, params=None, clip: float | None = None,
-                  scaler=None) -> float:
+def backward_step(
+    rt: Runtime, loss: torch.Tensor, optimiser, params=None, clip: float | None = None, scaler=None
+) -> float:
     """One optimiser step (scaled when fp16 needs it); returns the gradient norm before clipping
     when `clip` is set, else nan. `scaler` overrides the runtime's (a second network's own)."""
     scaler = scaler if scaler is not None else rt.scaler

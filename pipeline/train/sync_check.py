@@ -8,6 +8,7 @@ frames -> offset +5); confidence is median minus minimum distance, as SyncNet's 
 defines it. Clips with |offset| > max_offset or confidence < min_confidence are excluded from
 generator training.
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,13 +36,15 @@ def clip_embeddings(model, frames: np.ndarray, mel: np.ndarray, fps: float = 25.
     valid = list(align.valid_frames(n, len(mel), fps))
     if not valid:
         raise ValueError(f"no valid window in a clip of {n} frames")
-    lower = frames[:, frames.shape[1] // 2:].transpose(0, 3, 1, 2).astype(np.float32) / 255.0  # [T, 3, H/2, W]
-    faces = np.stack([lower[i - align.HALF: i + align.HALF + 1].reshape(-1, *lower.shape[2:]) for i in valid])
+    lower = frames[:, frames.shape[1] // 2 :].transpose(0, 3, 1, 2).astype(np.float32) / 255.0  # [T, 3, H/2, W]
+    faces = np.stack([lower[i - align.HALF : i + align.HALF + 1].reshape(-1, *lower.shape[2:]) for i in valid])
     mels = np.stack([mel[align.mel_window(i, n, len(mel), fps)].T[None] for i in valid])
     device = next(model.parameters()).device
     a_all, v_all = [], []
     for s in range(0, len(valid), batch):
-        a, v = model(torch.from_numpy(mels[s:s + batch]).to(device), torch.from_numpy(faces[s:s + batch]).to(device))
+        a, v = model(
+            torch.from_numpy(mels[s : s + batch]).to(device), torch.from_numpy(faces[s : s + batch]).to(device)
+        )
         a_all.append(a.float().cpu())
         v_all.append(v.float().cpu())
     return torch.cat(a_all).numpy(), torch.cat(v_all).numpy()
@@ -91,17 +94,29 @@ def run(view: dict, tracker=None) -> dict:
             reasons.append(f"|offset| {abs(offset)} > max_offset {cfg['max_offset']}")
         if conf < cfg["min_confidence"]:
             reasons.append(f"confidence {conf:.3f} < min_confidence {cfg['min_confidence']}")
-        rows.append({"clip_id": r.clip_id, "split": r.split, "offset": offset, "confidence": conf, "min_dist": dmin,
-                     "excluded": bool(reasons), "reason": "; ".join(reasons)})
+        rows.append(
+            {
+                "clip_id": r.clip_id,
+                "split": r.split,
+                "offset": offset,
+                "confidence": conf,
+                "min_dist": dmin,
+                "excluded": bool(reasons),
+                "reason": "; ".join(reasons),
+            }
+        )
     table = pd.DataFrame(rows)
     out = paths.sync_check_dir(ds)
     out.mkdir(parents=True, exist_ok=True)
     write_parquet_atomic(table, out / "offsets.parquet")
     _histogram(table, out / "offsets_hist.png", cfg)
-    metrics = {"clips": len(table), "excluded": int(table.excluded.sum()),
-               "in_sync_fraction": float((table.offset == 0).mean()),
-               "within_max_offset_fraction": float((table.offset.abs() <= cfg["max_offset"]).mean()),
-               "median_confidence": float(table.confidence.median())}
+    metrics = {
+        "clips": len(table),
+        "excluded": int(table.excluded.sum()),
+        "in_sync_fraction": float((table.offset == 0).mean()),
+        "within_max_offset_fraction": float((table.offset.abs() <= cfg["max_offset"]).mean()),
+        "median_confidence": float(table.confidence.median()),
+    }
     for split in sorted(set(table.split)):
         metrics[f"excluded_{split}"] = int(table[table.split == split].excluded.sum())
     write_json_atomic(paths.metrics("sync_check"), metrics)

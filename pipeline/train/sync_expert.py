@@ -1,12 +1,13 @@
 """The train_sync_expert stage: pretrain the lip-sync expert (or import Wav2Lip's).
 
 Loss: BCE on the cosine of in-sync / off-sync pairs (Wav2Lip) plus an in-batch contrastive term
-that gets the network off the 0.69 plateau on every seed (DESIGN §10), with a linear warm-up.
+that gets the network off the 0.69 plateau on every seed (docs/design.md §10), with a linear warm-up.
 Validation every `eval_every` steps on a fixed set of val-split pairs: loss and off-sync
 detection accuracy, overall and on voiced windows. Keeps the best (lowest val loss) and the last
 checkpoint; stops at `max_steps` or after `patience` evaluations without improvement. Resumes
 exactly from work/train_sync_expert/<fingerprint>/ after a kill.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,18 @@ from ..runtime import fingerprint, launcher_rank, without_timings, write_curves_
 from . import expert_io, loop
 
 log = logging.getLogger("pipeline.sync_expert")
-PLOT_FIELDS = ["step", "train_loss", "train_bce", "lr", "val_loss", "val_acc", "val_acc_voiced", "val_acc_in_sync",
-               "val_acc_off_sync", "val_auc"]
+PLOT_FIELDS = [
+    "step",
+    "train_loss",
+    "train_bce",
+    "lr",
+    "val_loss",
+    "val_acc",
+    "val_acc_voiced",
+    "val_acc_in_sync",
+    "val_acc_off_sync",
+    "val_auc",
+]
 DIAGNOSTICS = ("acc_in_sync", "acc_off_sync", "auc")
 
 
@@ -41,8 +52,9 @@ def collate(samples):
 
 
 @torch.no_grad()
-def evaluate(model, val: SyncDataset | list[SyncDataset], n: int, rt: loop.Runtime, batch: int = 128,
-             prefix: str = "val") -> dict:
+def evaluate(
+    model, val: SyncDataset | list[SyncDataset], n: int, rt: loop.Runtime, batch: int = 128, prefix: str = "val"
+) -> dict:
     """Loss and accuracy on `n` pairs of `val`; given several datasets (the same windows paired
     under other seeds), on `n` pairs of each, pooled."""
     model.eval()
@@ -51,7 +63,7 @@ def evaluate(model, val: SyncDataset | list[SyncDataset], n: int, rt: loop.Runti
         # a fixed, seeded subset spread over every clip (the pairs are ordered by clip)
         order = np.random.default_rng(ds.seed).permutation(len(ds))[:n]
         for start in range(0, len(order), batch):
-            f, m, y, v = collate([ds[int(i)] for i in order[start:start + batch]])
+            f, m, y, v = collate([ds[int(i)] for i in order[start : start + batch]])
             with loop.autocast(rt):
                 a, e = model(m.to(rt.device), f.to(rt.device))
             probs.append(sync_probability(a.float(), e.float()).cpu())
@@ -62,15 +74,18 @@ def evaluate(model, val: SyncDataset | list[SyncDataset], n: int, rt: loop.Runti
     correct = ((p > 0.5).float() == y).float()
     loss = torch.nn.functional.binary_cross_entropy(p, y).item()
     pos = y > 0.5
-    return {f"{prefix}_loss": loss, f"{prefix}_acc": correct.mean().item(),
-            f"{prefix}_acc_voiced": correct[v].mean().item() if v.any() else float("nan"),
-            f"{prefix}_voiced_fraction": v.float().mean().item(),
-            # which way it errs (missed in-sync pairs or false alarms on off-sync ones), and how well
-            # it ranks them whatever the 0.5 threshold (low AUC: the embeddings do not separate them;
-            # high AUC with low accuracy: the cosine is miscalibrated)
-            f"{prefix}_acc_in_sync": correct[pos].mean().item() if pos.any() else float("nan"),
-            f"{prefix}_acc_off_sync": correct[~pos].mean().item() if (~pos).any() else float("nan"),
-            f"{prefix}_auc": roc_auc(p.numpy(), pos.numpy())}
+    return {
+        f"{prefix}_loss": loss,
+        f"{prefix}_acc": correct.mean().item(),
+        f"{prefix}_acc_voiced": correct[v].mean().item() if v.any() else float("nan"),
+        f"{prefix}_voiced_fraction": v.float().mean().item(),
+        # which way it errs (missed in-sync pairs or false alarms on off-sync ones), and how well
+        # it ranks them whatever the 0.5 threshold (low AUC: the embeddings do not separate them;
+        # high AUC with low accuracy: the cosine is miscalibrated)
+        f"{prefix}_acc_in_sync": correct[pos].mean().item() if pos.any() else float("nan"),
+        f"{prefix}_acc_off_sync": correct[~pos].mean().item() if (~pos).any() else float("nan"),
+        f"{prefix}_auc": roc_auc(p.numpy(), pos.numpy()),
+    }
 
 
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -96,16 +111,29 @@ def evaluate_test(view: dict, expert_path: Path) -> dict:
     Empty when the store has no test windows."""
     cfg = view["sync_expert"]
     store = Store(paths.processed_dir(view["data"]["dataset"]))
-    rounds = [SyncDataset(store, ("test",), seed=cfg["seed"] + 2 + 1000 * r, min_offset=cfg["min_offset"],
-                          other_clip=cfg["other_clip"]) for r in range(TEST_ROUNDS)]
+    rounds = [
+        SyncDataset(
+            store,
+            ("test",),
+            seed=cfg["seed"] + 2 + 1000 * r,
+            min_offset=cfg["min_offset"],
+            other_clip=cfg["other_clip"],
+        )
+        for r in range(TEST_ROUNDS)
+    ]
     if len(rounds[0]) == 0:
         return {}
     rt = loop.setup(amp=False, rank=0, world_size=1)
     model = expert_io.load_expert(expert_path, rt.device)
     n = min(cfg["val_samples"], len(rounds[0]))
     out = evaluate(model, rounds, n, rt, prefix="test")
-    return {"test_acc": out["test_acc"], "test_acc_voiced": out["test_acc_voiced"], "test_loss": out["test_loss"],
-            **{f"test_{k}": out[f"test_{k}"] for k in DIAGNOSTICS}, "test_samples": n * TEST_ROUNDS}
+    return {
+        "test_acc": out["test_acc"],
+        "test_acc_voiced": out["test_acc_voiced"],
+        "test_loss": out["test_loss"],
+        **{f"test_{k}": out[f"test_{k}"] for k in DIAGNOSTICS},
+        "test_samples": n * TEST_ROUNDS,
+    }
 
 
 def learning_rate(cfg: dict, step: int) -> float:
@@ -165,10 +193,20 @@ def train_worker(rank: int, world: int, view: dict, work: str, tracker) -> None:
 
     def checkpoint():
         if rt.is_main:
-            loop.save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimiser": opt.state_dict(), "step": step,
-                                             "history": history, "best": best, "rng": loop.rng_state(),
-                                             "config": model.config(), "numerics": loop.numerics(rt),
-                                             "scaler": rt.scaler.state_dict() if rt.scaler is not None else None})
+            loop.save_checkpoint(
+                ckpt_path,
+                {
+                    "model": model.state_dict(),
+                    "optimiser": opt.state_dict(),
+                    "step": step,
+                    "history": history,
+                    "best": best,
+                    "rng": loop.rng_state(),
+                    "config": model.config(),
+                    "numerics": loop.numerics(rt),
+                    "scaler": rt.scaler.state_dict() if rt.scaler is not None else None,
+                },
+            )
 
     started = time.time()
     try:
@@ -181,8 +219,9 @@ def train_worker(rank: int, world: int, view: dict, work: str, tracker) -> None:
                 g["lr"] = lr
             faces, mel, groups = train.batch(cfg["seed"], step, rt.rank, max(1, per_rank // cfg["windows_per_clip"]))
             if cfg["augment"]:
-                faces, mel = augment_groups(faces, mel, groups, np.random.default_rng([cfg["seed"], step, rt.rank, 11]),
-                                            cfg["mel_warp"])
+                faces, mel = augment_groups(
+                    faces, mel, groups, np.random.default_rng([cfg["seed"], step, rt.rank, 11]), cfg["mel_warp"]
+                )
             faces, mel, groups = faces.to(rt.device), mel.to(rt.device), groups.to(rt.device)
             with loop.autocast(rt):
                 a, v = net(mel, faces)
@@ -192,23 +231,43 @@ def train_worker(rank: int, world: int, view: dict, work: str, tracker) -> None:
                 raise PipelineError(f"sync expert loss is {loss.item()} at step {step}: lower sync_expert.lr")
             loop.backward_step(rt, loss, opt)
             step += 1
-            row = {"step": step, "train_loss": loop.all_mean(rt, loss.item()), "train_bce": loop.all_mean(rt, bce.item()),
-                   "lr": lr}
+            row = {
+                "step": step,
+                "train_loss": loop.all_mean(rt, loss.item()),
+                "train_bce": loop.all_mean(rt, bce.item()),
+                "lr": lr,
+            }
             if step % cfg["eval_every"] == 0 or step == cfg["max_steps"]:
                 row.update(evaluate(model, val, n_val, rt))
                 if row["val_loss"] < best["val_loss"] - 1e-4:
-                    best = {"val_loss": row["val_loss"], "step": step, "evals_since": 0,
-                            "val_acc": row["val_acc"], "val_acc_voiced": row["val_acc_voiced"],
-                            **{f"val_{k}": row[f"val_{k}"] for k in DIAGNOSTICS}}
+                    best = {
+                        "val_loss": row["val_loss"],
+                        "step": step,
+                        "evals_since": 0,
+                        "val_acc": row["val_acc"],
+                        "val_acc_voiced": row["val_acc_voiced"],
+                        **{f"val_{k}": row[f"val_{k}"] for k in DIAGNOSTICS},
+                    }
                     if rt.is_main:
                         loop.save_checkpoint(work / "best.pt", expert_io.package(model, step, row))
                 else:
                     best["evals_since"] += 1
                 if rt.is_main:
-                    log.info("step %d: loss %.4f, val loss %.4f, acc %.3f (voiced %.3f; in sync %.3f, off sync %.3f), "
-                             "AUC %.3f, %.1f samples/s", step, row["train_loss"], row["val_loss"], row["val_acc"],
-                             row["val_acc_voiced"], row["val_acc_in_sync"], row["val_acc_off_sync"], row["val_auc"],
-                             (step - (history[0]["step"] - 1 if history else 0)) * cfg["batch_size"] / (time.time() - started))
+                    log.info(
+                        "step %d: loss %.4f, val loss %.4f, acc %.3f (voiced %.3f; in sync %.3f, off sync %.3f), "
+                        "AUC %.3f, %.1f samples/s",
+                        step,
+                        row["train_loss"],
+                        row["val_loss"],
+                        row["val_acc"],
+                        row["val_acc_voiced"],
+                        row["val_acc_in_sync"],
+                        row["val_acc_off_sync"],
+                        row["val_auc"],
+                        (step - (history[0]["step"] - 1 if history else 0))
+                        * cfg["batch_size"]
+                        / (time.time() - started),
+                    )
             history.append(row)
             if rt.is_main and tracker is not None and (step % cfg["log_every"] == 0 or "val_loss" in row):
                 tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
@@ -242,15 +301,18 @@ def run(view: dict, tracker=None) -> dict:
     shards = sorted(paths.processed_shards(ds).glob("shard-*/meta.json"))  # checksums of the crops
     # keys that only say how long or how to run do not invalidate the checkpoint: raising
     # max_steps continues the run instead of restarting it (unless the lr decays towards it)
-    volatile = ("patience", "processes", "log_every", "amp") + (("max_steps",) if cfg["lr_schedule"] == "constant" else ())
+    volatile = ("patience", "processes", "log_every", "amp") + (
+        ("max_steps",) if cfg["lr_schedule"] == "constant" else ()
+    )
     keyed = {**view, "sync_expert": {k: v for k, v in cfg.items() if k not in volatile}}
     fp = fingerprint(keyed, [paths.processed_index(ds), *shards] + _code_files())
     work = paths.work_dir("train_sync_expert", fp)
     work.mkdir(parents=True, exist_ok=True)
     (work / "done.json").unlink(missing_ok=True)
     started = time.time()
-    loop.run_workers(train_worker, cfg["processes"], view, str(work), tracker,
-                     threads=loop.resume_threads(work / "checkpoint.pt"))
+    loop.run_workers(
+        train_worker, cfg["processes"], view, str(work), tracker, threads=loop.resume_threads(work / "checkpoint.pt")
+    )
     if launcher_rank() != 0:  # torchrun/srun started every rank: rank 0 alone writes the outputs
         return {"rank": launcher_rank()}
     done = json.loads((work / "done.json").read_text())
@@ -266,10 +328,17 @@ def run(view: dict, tracker=None) -> dict:
     os.replace(tmp, out)
     _write_plot(history, paths.plot("train_sync_expert"))
     best = done["best"]
-    metrics = {"steps": done["step"], "best_step": best["step"], "val_loss": best["val_loss"],
-               "val_acc": best["val_acc"], "val_acc_voiced": best["val_acc_voiced"],
-               **{f"val_{k}": best.get(f"val_{k}", float("nan")) for k in DIAGNOSTICS},
-               "train_seconds": round(time.time() - started, 1), "train_clips": len(train.clips), "val_samples": min(cfg["val_samples"], len(val))}
+    metrics = {
+        "steps": done["step"],
+        "best_step": best["step"],
+        "val_loss": best["val_loss"],
+        "val_acc": best["val_acc"],
+        "val_acc_voiced": best["val_acc_voiced"],
+        **{f"val_{k}": best.get(f"val_{k}", float("nan")) for k in DIAGNOSTICS},
+        "train_seconds": round(time.time() - started, 1),
+        "train_clips": len(train.clips),
+        "val_samples": min(cfg["val_samples"], len(val)),
+    }
     metrics.update(evaluate_test(view, out / "expert.pt"))
     write_json_atomic(paths.metrics("train_sync_expert"), without_timings(metrics))
     if tracker is not None:
