@@ -365,6 +365,10 @@ def test_the_lip_path_decode_can_take_every_term_and_the_fusion_can_be_linear():
     g.zero_grad(set_to_none=True)
     parts["av_sync_lip"].backward(retain_graph=True)
     assert float(g.memory.value.grad.abs().sum()) > 0 and grads(g.lip) > 0
+    # the whole total backpropagates: both VV terms share one refresh of the lip encoder's copy
+    g.zero_grad(set_to_none=True)
+    total.backward(retain_graph=True)
+    assert float(g.memory.value.grad.abs().sum()) > 0 and grads(g.lip) > 0
     # during the sync warm-up both AV terms stay out of the total
     total_w, parts_w = gen_losses.generator_losses(
         out, b, WEIGHTS, expert, lip_copy, d, use_gan=False, use_sync=False, both_decodes=True

@@ -63,8 +63,10 @@ def av_sync_loss(expert: nn.Module, frames: torch.Tensor, mel: torch.Tensor) -> 
 
 
 class FrozenCopy:
-    """A frozen, eval-mode copy of a module, refreshed from the live one before each use: the
-    loss it computes passes gradients to its input only."""
+    """A frozen, eval-mode copy of a module: the loss it computes passes gradients to its input
+    only. `refresh()` copies the live module's weights into it; generator_losses calls it once per
+    step, before the copy's first use (refreshing between two uses would change in place the
+    weights that the first use's graph saved for its backward pass)."""
 
     def __init__(self, live: nn.Module):
         self.live = live
@@ -72,8 +74,10 @@ class FrozenCopy:
         for p in self.copy.parameters():
             p.requires_grad_(False)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def refresh(self) -> None:
         self.copy.load_state_dict(self.live.state_dict())
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.copy(x)
 
 
@@ -116,6 +120,7 @@ def generator_losses(
         parts["av_sync"] = av_sync_loss(expert, fake, batch["mel"])
     sync_terms = ("av_sync", "vv_sync") if expert_vv else ("av_sync",)
     if lip_copy is not None:
+        lip_copy.refresh()
         with torch.set_grad_enabled((use_sync or not expert_vv) and torch.is_grad_enabled()):
             parts["vv_sync"] = vv_sync_loss(lip_copy, fake, target)
     if use_gan and disc is not None:
