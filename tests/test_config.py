@@ -25,6 +25,32 @@ def test_default_params_are_valid():
     config.load(REPO / "params.yaml")
 
 
+def test_every_params_key_is_described_in_the_schema():
+    """The schema documents every key (the Snakemake template's way): a key without a description
+    is a key a user cannot look up."""
+    missing = []
+
+    def walk(node, where):
+        if not isinstance(node, dict):
+            return
+        for name, sub in (node.get("properties") or {}).items():
+            if not (isinstance(sub, dict) and str(sub.get("description", "")).strip()):
+                missing.append(f"{where}{name}")
+            walk(sub, f"{where}{name}.")
+        for key in ("items", "additionalProperties"):
+            walk(node.get(key), where + ("[]." if key == "items" else "*."))
+        for sub in (node.get("patternProperties") or {}).values():
+            walk(sub, where + "*.")
+        for name, sub in (node.get("$defs") or {}).items():
+            walk(sub, f"$defs.{name}.")
+        for key in ("oneOf", "anyOf", "allOf"):
+            for sub in node.get(key) or []:
+                walk(sub, where)
+
+    walk(yaml.safe_load(config.SCHEMA_PATH.read_text()), "")
+    assert not missing, missing
+
+
 @pytest.mark.parametrize(
     "mutate, key, words",
     [
