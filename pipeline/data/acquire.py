@@ -5,6 +5,7 @@ Output: data/raw/<dataset>/ holding source.json (what was acquired, from where, 
 clip counts) and, for the embedded corpus, the corpus itself. An adopted or downloaded copy is
 validated and recorded, never copied into data/raw.
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,8 +41,14 @@ def run(view: dict) -> dict:
         root = Path(section["root"]).expanduser().resolve()
         include_pretrain = bool(section.get("include_pretrain", False))
         summary = layouts.validate(ds, root, include_pretrain)
-        record = {"dataset": ds, "kind": "adopted", "source": section["source"], "root": str(root),
-                  "include_pretrain": include_pretrain, **summary}
+        record = {
+            "dataset": ds,
+            "kind": "adopted",
+            "source": section["source"],
+            "root": str(root),
+            "include_pretrain": include_pretrain,
+            **summary,
+        }
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     write_json_atomic(tmp / "source.json", record)

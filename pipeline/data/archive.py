@@ -11,6 +11,7 @@ device files and FIFOs are refused. Python's `data` extraction filter runs as a 
 where available (3.10.12+/3.11.4+). Refused members are collected, so the error names all of
 them, and the caller removes the half-made tree: a refused archive leaves nothing behind.
 """
+
 from __future__ import annotations
 
 import io
@@ -20,8 +21,8 @@ import posixpath
 import shutil
 import tarfile
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 from ..errors import PipelineError
 from ..runtime import write_json_atomic
@@ -118,8 +119,9 @@ def _make_link(member: tarfile.TarInfo, dest: Path) -> str | None:
     return None
 
 
-def extract(paths: list[str | Path], dest: str | Path, label: str,
-            progress: Callable[[int], object] | None = None) -> dict:
+def extract(
+    paths: list[str | Path], dest: str | Path, label: str, progress: Callable[[int], object] | None = None
+) -> dict:
     """Extract the joined parts into dest (an empty folder). Raises ArchiveError naming every
     refused member, or when the stream is not a readable tar; the caller removes dest then."""
     dest = Path(dest)
@@ -141,8 +143,9 @@ def extract(paths: list[str | Path], dest: str | Path, label: str,
                     except _FILTER_ERRORS as exc:
                         reason = f"refused by the extraction filter: {exc}"
                     except OSError as exc:
-                        raise ArchiveError(f"{label}: cannot extract {member.name!r} into {dest}: "
-                                           f"{exc.strerror or exc}") from None
+                        raise ArchiveError(
+                            f"{label}: cannot extract {member.name!r} into {dest}: {exc.strerror or exc}"
+                        ) from None
                     tar.members.clear()  # stream mode keeps every record otherwise: memory would grow
                     if reason is not None:
                         refused.append((member.name, reason))
@@ -154,18 +157,27 @@ def extract(paths: list[str | Path], dest: str | Path, label: str,
                     else:
                         links += 1
         except (tarfile.ReadError, tarfile.CompressionError, tarfile.StreamError, EOFError) as exc:
-            raise ArchiveError(f"{label}: the joined parts are not a complete, readable tar archive ({exc}); "
-                               "check that every part is listed, in order, and re-run") from None
+            raise ArchiveError(
+                f"{label}: the joined parts are not a complete, readable tar archive ({exc}); "
+                "check that every part is listed, in order, and re-run"
+            ) from None
     if refused:
         shown = "\n    ".join(f"{name!r}: {why}" for name, why in refused[:MAX_LISTED])
         more = f"\n    ... and {len(refused) - MAX_LISTED} more" if len(refused) > MAX_LISTED else ""
-        raise ArchiveError(f"{label}: refused {len(refused)} unsafe archive member(s); nothing of the archive was kept:\n    "
-                           f"{shown}{more}\n  The official archives hold no such members: the parts do not come "
-                           "from the official distribution or were altered. Check the URL base and parts list.")
+        raise ArchiveError(
+            f"{label}: refused {len(refused)} unsafe archive member(s); nothing of the archive was kept:\n    "
+            f"{shown}{more}\n  The official archives hold no such members: the parts do not come "
+            "from the official distribution or were altered. Check the URL base and parts list."
+        )
     if files == 0:
         raise ArchiveError(f"{label}: the archive holds no files")
-    return {"files": files, "dirs": dirs, "links": links, "bytes": nbytes,
-            "seconds": round(time.perf_counter() - started, 3)}
+    return {
+        "files": files,
+        "dirs": dirs,
+        "links": links,
+        "bytes": nbytes,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
 
 
 # --------------------------------------------------------------------------- installing into a folder
@@ -190,12 +202,23 @@ def check_free(root: Path, names: list[str], owned: set[str], label: str, hint: 
     """Refuse to replace what an earlier install into root did not put there."""
     taken = [n for n in names if ((root / n).exists() or (root / n).is_symlink()) and n not in owned]
     if taken:
-        raise ArchiveError(f"{label}: {root} already holds {', '.join(taken)}, not placed there by a download: "
-                           f"{hint} set the destination to an empty folder")
+        raise ArchiveError(
+            f"{label}: {root} already holds {', '.join(taken)}, not placed there by a download: "
+            f"{hint} set the destination to an empty folder"
+        )
 
 
-def install(paths: list[Path], files: list[Path], root: Path, folder: Path, label: str, hint: str,
-            validate: Callable[[Path], dict], record: dict, progress) -> tuple[dict, dict]:
+def install(
+    paths: list[Path],
+    files: list[Path],
+    root: Path,
+    folder: Path,
+    label: str,
+    hint: str,
+    validate: Callable[[Path], dict],
+    record: dict,
+    progress,
+) -> tuple[dict, dict]:
     """Extract the joined parts (plus loose files) into folder/extract.tmp, validate that tree, then
     move its entries into root, replacing only entries an earlier install placed there. Ownership is
     recorded in folder/complete.json before anything moves; `record` is stored there at the end.

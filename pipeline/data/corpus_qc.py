@@ -1,6 +1,7 @@
 """Checks of a talking-face corpus that a person would otherwise make by eye: one face per frame,
 mouth opening that follows the speech envelope at lag 0 (and not when shifted), speech coverage.
 Used by the embedded corpus's tests."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ def audio_envelope(audio: np.ndarray, n_frames: int, sample_rate: int, fps: floa
     hop = sample_rate / fps
     env = np.zeros(n_frames)
     for i in range(n_frames):
-        seg = audio[int(round(i * hop)): int(round((i + 1) * hop))]
+        seg = audio[int(round(i * hop)) : int(round((i + 1) * hop))]
         env[i] = np.sqrt(np.mean(seg.astype(np.float64) ** 2)) if len(seg) else 0.0
     return env
 

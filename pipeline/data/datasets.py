@@ -5,6 +5,7 @@ nothing whole in memory), use the one frame <-> mel mapping of pipeline.io.align
 their randomness from (seed, epoch, index), so a sample is the same whatever worker makes it.
 A sample that cannot be made raises SampleError naming the clip and frame.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,7 +23,7 @@ class SampleError(RuntimeError):
 
 
 def lower_half(frames: np.ndarray) -> np.ndarray:
-    return frames[:, frames.shape[1] // 2:]
+    return frames[:, frames.shape[1] // 2 :]
 
 
 def to_unit(frames: np.ndarray) -> np.ndarray:
@@ -88,8 +89,15 @@ class SyncDataset(_Windows):
     faces of frame j of the same clip, |i - j| >= min_offset, or with another clip's faces
     (a fraction `other_clip` of the negatives)."""
 
-    def __init__(self, store: Store, splits=("train",), clip_ids=None, seed: int = 0, min_offset: int = 3,
-                 other_clip: float = 0.25):
+    def __init__(
+        self,
+        store: Store,
+        splits=("train",),
+        clip_ids=None,
+        seed: int = 0,
+        min_offset: int = 3,
+        other_clip: float = 0.25,
+    ):
         super().__init__(store, splits, clip_ids, seed)
         self.min_offset = min_offset
         self.other_clip = other_clip
@@ -121,8 +129,12 @@ class SyncDataset(_Windows):
         fr = self.store.frames(face_clip, j - align.HALF, j + align.HALF + 1)
         faces = to_unit(lower_half(fr))  # [5, 3, H/2, W]
         faces = faces.reshape(-1, *faces.shape[2:])  # [15, H/2, W]
-        return (torch.from_numpy(faces), torch.from_numpy(np.ascontiguousarray(mel_win.T))[None],
-                torch.tensor(float(label)), torch.tensor(is_voiced(mel_win)))
+        return (
+            torch.from_numpy(faces),
+            torch.from_numpy(np.ascontiguousarray(mel_win.T))[None],
+            torch.tensor(float(label)),
+            torch.tensor(is_voiced(mel_win)),
+        )
 
 
 class GeneratorDataset(_Windows):
@@ -146,10 +158,10 @@ class GeneratorDataset(_Windows):
         n, t = int(row.n_frames), self.t
         span = self.store.frames(cid, t0 - align.HALF, t0 + t + align.HALF)  # targets and their lip windows
         img = to_unit(span) * 2.0 - 1.0  # [T + 4, 3, S, S]
-        target = img[align.HALF: align.HALF + t]
+        target = img[align.HALF : align.HALF + t]
         size = target.shape[-1]
         masked = target.copy()
-        masked[:, :, size // 2:] = 0.0
+        masked[:, :, size // 2 :] = 0.0
         starts = [s for s in range(0, n - t + 1) if abs(s - t0) >= t] or [s for s in range(0, n - t + 1) if s != t0]
         if not starts:
             raise SampleError(f"clip {cid}: too short for a reference window of {t} frames")
@@ -157,12 +169,19 @@ class GeneratorDataset(_Windows):
         reference = to_unit(self.store.frames(cid, r0, r0 + t)) * 2.0 - 1.0
         mel = self.store.mel(cid)
         mels = np.stack([mel[align.mel_window(t0 + m, n, int(row.n_mel))].T for m in range(t)])[:, None]
-        lip = np.stack([img[m: m + 2 * align.HALF + 1] for m in range(t)])  # [T, 5, 3, S, S]
+        lip = np.stack([img[m : m + 2 * align.HALF + 1] for m in range(t)])  # [T, 5, 3, S, S]
         lip = lip.transpose(0, 2, 1, 3, 4).copy()  # [T, 3, 5, S, S]
         lip[:, :, :, : size // 2] = 0.0
         as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-        return {"target": as_t(target), "masked": as_t(masked), "reference": as_t(reference), "mel": as_t(mels),
-                "lip": as_t(lip), "clip_id": cid, "start": t0}
+        return {
+            "target": as_t(target),
+            "masked": as_t(masked),
+            "reference": as_t(reference),
+            "mel": as_t(mels),
+            "lip": as_t(lip),
+            "clip_id": cid,
+            "start": t0,
+        }
 
 
 class SyncGroups:
@@ -197,23 +216,27 @@ class SyncGroups:
             centres = list(range(valid.start + phase, valid.stop, self.min_offset))
             if len(centres) > self.per_clip:
                 first = int(rng.integers(len(centres) - self.per_clip + 1))
-                centres = centres[first: first + self.per_clip]
+                centres = centres[first : first + self.per_clip]
             try:
                 lo, hi = centres[0] - align.HALF, centres[-1] + align.HALF + 1  # only the span used
                 lower = to_unit(lower_half(self.store.frames(cid, lo, hi)))
                 mel = self.store.mel(cid)
                 for c in centres:
-                    faces.append(lower[c - align.HALF - lo: c + align.HALF + 1 - lo].reshape(-1, *lower.shape[2:]))
+                    faces.append(lower[c - align.HALF - lo : c + align.HALF + 1 - lo].reshape(-1, *lower.shape[2:]))
                     mels.append(mel[align.mel_window(c, int(row.n_frames), int(row.n_mel))].T[None])
                     groups.append(g)
             except Exception as exc:
                 raise SampleError(f"clip {cid}: {type(exc).__name__}: {exc}") from exc
-        return (torch.from_numpy(np.stack(faces)), torch.from_numpy(np.ascontiguousarray(np.stack(mels))),
-                torch.tensor(groups))
+        return (
+            torch.from_numpy(np.stack(faces)),
+            torch.from_numpy(np.ascontiguousarray(np.stack(mels))),
+            torch.tensor(groups),
+        )
 
 
-def augment_groups(faces: torch.Tensor, mel: torch.Tensor, groups: torch.Tensor, rng: np.random.Generator,
-                   mel_warp: float = 0.1):
+def augment_groups(
+    faces: torch.Tensor, mel: torch.Tensor, groups: torch.Tensor, rng: np.random.Generator, mel_warp: float = 0.1
+):
     """Per-clip augmentation of a SyncGroups batch: colour (gain per channel, brightness,
     contrast), geometry (shift, scale, horizontal flip), audio gain and a frequency warp of the
     mel (`warp_mel`, factor 1 +- `mel_warp`; 0: none), the same for every window

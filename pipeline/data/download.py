@@ -13,6 +13,7 @@ Credentials: the environment variables `<DS>_USERNAME` / `<DS>_PASSWORD` (LRW_US
 else the netrc file (`$NETRC` or ~/.netrc) entry for the server's host; HTTP basic auth, sent
 only to that host. They never appear in params, messages, logs or records.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -73,10 +74,10 @@ OFFICIAL = {
     },
 }
 
-CHUNK = 1 << 20          # bytes per read/write: memory stays flat in file size
-RETRIES = 3              # automatic resumes after a network error, before asking to re-run
-RETRY_WAIT = 5.0         # seconds before the first automatic resume (doubled each time)
-SPACE_MARGIN = 1.02      # extracted tree vs archive size, plus file-system slack
+CHUNK = 1 << 20  # bytes per read/write: memory stays flat in file size
+RETRIES = 3  # automatic resumes after a network error, before asking to re-run
+RETRY_WAIT = 5.0  # seconds before the first automatic resume (doubled each time)
+SPACE_MARGIN = 1.02  # extracted tree vs archive size, plus file-system slack
 
 
 @dataclass(frozen=True)
@@ -99,27 +100,34 @@ def plan(ds: str, section: dict) -> tuple[str, list[Part]]:
     split = urllib.parse.urlsplit(base)
     if split.username is not None or split.password is not None:
         u, p = env_names(ds)
-        raise PipelineError(f"data.{ds}.url_base must not hold a user name or password: remove them and set "
-                            f"{u}/{p} or a netrc entry for {split.hostname} instead")
+        raise PipelineError(
+            f"data.{ds}.url_base must not hold a user name or password: remove them and set "
+            f"{u}/{p} or a netrc entry for {split.hostname} instead"
+        )
     if split.scheme not in ("http", "https") or not split.hostname:
         raise PipelineError(f"data.{ds}.url_base {public_url(base)!r} is not an http(s) URL")
     base = base if base.endswith("/") else base + "/"
     parts, seen = [], set()
     for entry in section.get("parts") or official["parts"]:
         name = entry["name"]
-        if (not name or name in (".", "..") or "/" in name or "\\" in name or name in seen
-                or name.endswith((".part", ".sha256", ".part.json"))):
+        if (
+            not name
+            or name in (".", "..")
+            or "/" in name
+            or "\\" in name
+            or name in seen
+            or name.endswith((".part", ".sha256", ".part.json"))
+        ):
             raise PipelineError(f"data.{ds}.parts: {name!r} is not a plain, unique file name")
         seen.add(name)
         sha = (entry.get("sha256") or "").lower() or None
-        parts.append(Part(name, entry.get("size"), sha, entry.get("kind") or "part",
-                          base + urllib.parse.quote(name)))
+        parts.append(Part(name, entry.get("size"), sha, entry.get("kind") or "part", base + urllib.parse.quote(name)))
     if not any(p.kind == "part" for p in parts):
         raise PipelineError(f"data.{ds}.parts lists no archive part (kind: part)")
     return base, parts
 
 
-def _hash_prefix(path: Path, n: int) -> "hashlib._Hash":
+def _hash_prefix(path: Path, n: int) -> hashlib._Hash:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while n > 0 and (block := fh.read(min(CHUNK, n))):
@@ -163,8 +171,10 @@ class Downloader:
         resp.close()
         served = int(length) if length.isdigit() else None
         if part.size is not None and served is not None and served != part.size:
-            raise PipelineError(f"{self.ds.upper()}: {public_url(part.url)} is {served} bytes but the parts list says "
-                                f"{part.size}: the server holds another file; check data.{self.ds}.url_base/parts")
+            raise PipelineError(
+                f"{self.ds.upper()}: {public_url(part.url)} is {served} bytes but the parts list says "
+                f"{part.size}: the server holds another file; check data.{self.ds}.url_base/parts"
+            )
         return part.size if part.size is not None else served
 
     def fetch(self, part: Part, size: int | None) -> dict:
@@ -179,11 +189,21 @@ class Downloader:
                 kept = tmp.stat().st_size if tmp.is_file() else 0
                 if attempt == RETRIES:
                     where = f"; {kept} bytes are kept in {tmp}" if kept else ""
-                    raise PipelineError(f"{self.ds.upper()}: network error for {part.name} from {public_url(part.url)} "
-                                        f"({exc}){where}: re-run the same command to resume") from None
-                wait = RETRY_WAIT * 2 ** attempt
-                log.warning("%s: %s: %s; resuming at byte %d in %.0f s (retry %d of %d)", self.ds, part.name, exc,
-                            kept, wait, attempt + 1, RETRIES)
+                    raise PipelineError(
+                        f"{self.ds.upper()}: network error for {part.name} from {public_url(part.url)} "
+                        f"({exc}){where}: re-run the same command to resume"
+                    ) from None
+                wait = RETRY_WAIT * 2**attempt
+                log.warning(
+                    "%s: %s: %s; resuming at byte %d in %.0f s (retry %d of %d)",
+                    self.ds,
+                    part.name,
+                    exc,
+                    kept,
+                    wait,
+                    attempt + 1,
+                    RETRIES,
+                )
                 time.sleep(wait)
         raise AssertionError("unreachable")
 
@@ -204,8 +224,10 @@ class Downloader:
             if resp.status == 416 or (resp.status == 206 and start != offset):
                 done = resp.status == 416 and offset and offset == (size if size is not None else total)
                 if not done and not offset:
-                    raise PipelineError(f"{self.ds.upper()}: {public_url(part.url)} answered HTTP {resp.status} "
-                                        f"({resp.headers.get('Content-Range')}) to a request for the whole file")
+                    raise PipelineError(
+                        f"{self.ds.upper()}: {public_url(part.url)} answered HTTP {resp.status} "
+                        f"({resp.headers.get('Content-Range')}) to a request for the whole file"
+                    )
                 if not done:  # a range the server cannot serve: start again from the first byte
                     resp.close()
                     tmp.unlink(missing_ok=True)
@@ -216,8 +238,11 @@ class Downloader:
                 resp_body, mode = resp, "ab"
             elif resp.status == 200:
                 if offset:
-                    log.info("%s: the server ignored the Range request (or %s changed): restarting it from the "
-                             "first byte", self.ds, part.name)
+                    log.info(
+                        "%s: the server ignored the Range request (or %s changed): restarting it from the first byte",
+                        self.ds,
+                        part.name,
+                    )
                 offset, mode, resp_body = 0, "wb", resp
                 length = resp.headers.get("Content-Length", "")
                 total = int(length) if length.isdigit() else None
@@ -227,8 +252,10 @@ class Downloader:
             else:
                 raise PipelineError(f"{self.ds.upper()}: {public_url(part.url)} answered HTTP {resp.status}")
             if size is not None and total is not None and total != size:
-                raise PipelineError(f"{self.ds.upper()}: {public_url(part.url)} is {total} bytes but the parts list "
-                                    f"says {size}: check data.{self.ds}.url_base/parts")
+                raise PipelineError(
+                    f"{self.ds.upper()}: {public_url(part.url)} is {total} bytes but the parts list "
+                    f"says {size}: check data.{self.ds}.url_base/parts"
+                )
             size = size if size is not None else total
             digest = _hash_prefix(tmp, offset) if offset else hashlib.sha256()
             received = offset
@@ -256,10 +283,12 @@ class Downloader:
         if part.sha256 and sha != part.sha256:
             tmp.unlink()
             meta.unlink(missing_ok=True)
-            raise PipelineError(f"{self.ds.upper()}: checksum mismatch for {part.name} from {public_url(part.url)}: "
-                                f"expected sha256 {part.sha256}, got {sha}. The download was removed: re-run to fetch "
-                                "it again; if it persists, the server holds another file (check "
-                                f"data.{self.ds}.url_base and the sha256 in data.{self.ds}.parts)")
+            raise PipelineError(
+                f"{self.ds.upper()}: checksum mismatch for {part.name} from {public_url(part.url)}: "
+                f"expected sha256 {part.sha256}, got {sha}. The download was removed: re-run to fetch "
+                "it again; if it persists, the server holds another file (check "
+                f"data.{self.ds}.url_base and the sha256 in data.{self.ds}.parts)"
+            )
         side = self.folder / f"{part.name}.sha256"
         side_tmp = side.with_name(f".{side.name}.tmp")
         side_tmp.write_text(sha + "\n")
@@ -284,40 +313,55 @@ def check_space(ds: str, root: Path, pending: dict[str, int], sizes: dict[str, i
     if unknown:
         log.warning("%s: size unknown for %s: the disk-space check leaves them out", ds, ", ".join(unknown))
     if to_fetch + extracted > free:
-        raise PipelineError(f"{ds.upper()}: not enough disk space at {root}: needs {_mb(to_fetch + extracted)} "
-                            f"({_mb(to_fetch)} still to download, {_mb(extracted)} for the extracted tree) and "
-                            f"{_mb(free)} are free: free some space or set data.{ds}.root to a larger disk. "
-                            "Nothing was written.")
+        raise PipelineError(
+            f"{ds.upper()}: not enough disk space at {root}: needs {_mb(to_fetch + extracted)} "
+            f"({_mb(to_fetch)} still to download, {_mb(extracted)} for the extracted tree) and "
+            f"{_mb(free)} are free: free some space or set data.{ds}.root to a larger disk. "
+            "Nothing was written."
+        )
 
 
 def _progress(desc: str, total: int | None, initial: int):
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-                disable=None, dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        disable=None,
+        dynamic_ncols=True,
+    )
 
 
 def _matches(marker: dict, parts: list[Part]) -> bool:
     """Whether the completion record describes these parts (declared sizes/checksums agree)."""
     done = marker.get("parts", []) if marker.get("state") == "complete" else []
-    return ([(d["name"], d["kind"]) for d in done] == [(p.name, p.kind) for p in parts]
-            and all((p.size is None or p.size == d["size"]) and (p.sha256 is None or p.sha256 == d["sha256"])
-                    for p, d in zip(parts, done)))
+    return [(d["name"], d["kind"]) for d in done] == [(p.name, p.kind) for p in parts] and all(
+        (p.size is None or p.size == d["size"]) and (p.sha256 is None or p.sha256 == d["sha256"])
+        for p, d in zip(parts, done)
+    )
 
 
 def acquire(ds: str, section: dict, progress=_progress) -> tuple[dict, dict]:
     """Download, verify, join, extract and validate; returns (source record, run statistics)."""
     if not section.get("root"):
-        raise PipelineError(f"data.{ds}.root is null: set it to the folder to download {ds.upper()} into (the "
-                            f"dataset is extracted there, the parts are kept in <root>/.download/)")
+        raise PipelineError(
+            f"data.{ds}.root is null: set it to the folder to download {ds.upper()} into (the "
+            f"dataset is extracted there, the parts are kept in <root>/.download/)"
+        )
     root = Path(section["root"]).expanduser().resolve()
     include_pretrain = bool(section.get("include_pretrain", False))
     base, parts = plan(ds, section)
     folder = root / ".download"
     marker = archive.read_marker(folder)
     hint = f"set data.{ds}.source: local to adopt that copy, or"
-    stats = {"download": {"parts": len(parts), "fetched_parts": 0, "fetched_bytes": 0, "seconds": 0.0},
-             "extract": {"files": 0, "bytes": 0, "seconds": 0.0}}
+    stats = {
+        "download": {"parts": len(parts), "fetched_parts": 0, "fetched_bytes": 0, "seconds": 0.0},
+        "extract": {"files": 0, "bytes": 0, "seconds": 0.0},
+    }
     if _matches(marker, parts):
         log.info("%s: already downloaded and extracted into %s (%s); validating", ds, root, folder / archive.MARKER)
         base, records = marker.get("url_base", base), marker["parts"]
@@ -325,29 +369,56 @@ def acquire(ds: str, section: dict, progress=_progress) -> tuple[dict, dict]:
             summary = layouts.validate(ds, root, include_pretrain)
         except layouts.LayoutError as exc:
             placed = " ".join(str(root / e) for e in marker.get("entries", []))
-            raise PipelineError(f"{exc}\n  {folder / archive.MARKER} says the download was extracted there: delete "
-                                f"it and {placed}, and re-run to extract again from the kept parts") from None
+            raise PipelineError(
+                f"{exc}\n  {folder / archive.MARKER} says the download was extracted there: delete "
+                f"it and {placed}, and re-run to extract again from the kept parts"
+            ) from None
     else:
         owned = set(marker.get("entries", []))
-        archive.check_free(root, OFFICIAL[ds]["top"] + [p.name for p in parts if p.kind == "file"], owned,
-                           ds.upper(), hint)
+        archive.check_free(
+            root, OFFICIAL[ds]["top"] + [p.name for p in parts if p.kind == "file"], owned, ds.upper(), hint
+        )
         records = _download(ds, root, folder / "parts", base, parts, progress, stats["download"])
         keep = [{k: r[k] for k in ("name", "kind", "size", "sha256", "verified")} for r in records]
         summary, stats["extract"] = archive.install(
             [folder / "parts" / p.name for p in parts if p.kind == "part"],
-            [folder / "parts" / p.name for p in parts if p.kind == "file"], root, folder,
-            f"{ds.upper()} ({OFFICIAL[ds]['archive']})", hint,
+            [folder / "parts" / p.name for p in parts if p.kind == "file"],
+            root,
+            folder,
+            f"{ds.upper()} ({OFFICIAL[ds]['archive']})",
+            hint,
             lambda tree: layouts.validate(ds, tree, include_pretrain),
-            {"url_base": public_url(base), "parts": keep}, progress)
+            {"url_base": public_url(base), "parts": keep},
+            progress,
+        )
     d, x = stats["download"], stats["extract"]
     d["mb_per_s"] = round(d["fetched_bytes"] / 1e6 / d["seconds"], 2) if d["seconds"] else 0.0
-    log.info("%s: %d parts (%d fetched, %d already present), %s downloaded in %.1f s (%.1f MB/s); extracted %d "
-             "files (%s) in %.1f s; clips %s", ds, d["parts"], d["fetched_parts"], d["parts"] - d["fetched_parts"],
-             _mb(d["fetched_bytes"]), d["seconds"], d["mb_per_s"], x["files"], _mb(x["bytes"]), x["seconds"],
-             json.dumps(summary.get("clips")))
-    record = {"dataset": ds, "kind": "downloaded", "source": "download", "root": str(root),
-              "include_pretrain": include_pretrain, "url_base": public_url(base), "archive": OFFICIAL[ds]["archive"],
-              "parts": [{k: r[k] for k in ("name", "kind", "size", "sha256", "verified")} for r in records], **summary}
+    log.info(
+        "%s: %d parts (%d fetched, %d already present), %s downloaded in %.1f s (%.1f MB/s); extracted %d "
+        "files (%s) in %.1f s; clips %s",
+        ds,
+        d["parts"],
+        d["fetched_parts"],
+        d["parts"] - d["fetched_parts"],
+        _mb(d["fetched_bytes"]),
+        d["seconds"],
+        d["mb_per_s"],
+        x["files"],
+        _mb(x["bytes"]),
+        x["seconds"],
+        json.dumps(summary.get("clips")),
+    )
+    record = {
+        "dataset": ds,
+        "kind": "downloaded",
+        "source": "download",
+        "root": str(root),
+        "include_pretrain": include_pretrain,
+        "url_base": public_url(base),
+        "archive": OFFICIAL[ds]["archive"],
+        "parts": [{k: r[k] for k in ("name", "kind", "size", "sha256", "verified")} for r in records],
+        **summary,
+    }
     return record, stats
 
 

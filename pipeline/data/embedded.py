@@ -6,6 +6,7 @@ running speech. Mouth motion follows the synthesiser's phoneme timing, so audio-
 exact and learnable. Seeded: the same params give the same frames and audio, byte for byte.
 Test identities (the last variant of each photo) and test voices are never seen in train/val.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,26 +19,88 @@ from pathlib import Path
 
 import numpy as np
 
-from . import face_anim, speech
 from ..io import ffmpeg
+from . import face_anim, speech
 
 # Words of the LRW vocabulary (the dataset's 500 labels include all of these).
 LRW_WORDS = [
-    "ABOUT", "ABSOLUTELY", "ACCESS", "ACCORDING", "ACTUALLY", "AFTERNOON", "AGAINST", "ALREADY",
-    "AMERICA", "ANOTHER", "ANSWER", "BECAUSE", "BEFORE", "BELIEVE", "BENEFIT", "BETWEEN",
-    "BUDGET", "BUSINESS", "CAMPAIGN", "CHANGE", "CHILDREN", "COUNTRY", "DECISION", "DIFFERENT",
-    "ECONOMY", "EVERYBODY", "FAMILY", "FUTURE", "GOVERNMENT", "HAPPENED", "HOUSE", "IMPORTANT",
-    "LEADERS", "MAJORITY", "MILLION", "MOMENT", "NUMBER", "PEOPLE", "PERHAPS", "POLITICAL",
-    "PROBLEM", "QUESTION", "RIGHT", "SECURITY", "SOMETHING", "THINK", "WORLD", "YEARS",
-    "WEATHER", "WELFARE", "WOMEN", "MONEY", "NORTH", "PLACE", "POLICE", "POWER",
-    "REALLY", "SCHOOL", "SERIOUS", "SOCIAL", "SPEECH", "SUPPORT", "TODAY", "UNDER",
+    "ABOUT",
+    "ABSOLUTELY",
+    "ACCESS",
+    "ACCORDING",
+    "ACTUALLY",
+    "AFTERNOON",
+    "AGAINST",
+    "ALREADY",
+    "AMERICA",
+    "ANOTHER",
+    "ANSWER",
+    "BECAUSE",
+    "BEFORE",
+    "BELIEVE",
+    "BENEFIT",
+    "BETWEEN",
+    "BUDGET",
+    "BUSINESS",
+    "CAMPAIGN",
+    "CHANGE",
+    "CHILDREN",
+    "COUNTRY",
+    "DECISION",
+    "DIFFERENT",
+    "ECONOMY",
+    "EVERYBODY",
+    "FAMILY",
+    "FUTURE",
+    "GOVERNMENT",
+    "HAPPENED",
+    "HOUSE",
+    "IMPORTANT",
+    "LEADERS",
+    "MAJORITY",
+    "MILLION",
+    "MOMENT",
+    "NUMBER",
+    "PEOPLE",
+    "PERHAPS",
+    "POLITICAL",
+    "PROBLEM",
+    "QUESTION",
+    "RIGHT",
+    "SECURITY",
+    "SOMETHING",
+    "THINK",
+    "WORLD",
+    "YEARS",
+    "WEATHER",
+    "WELFARE",
+    "WOMEN",
+    "MONEY",
+    "NORTH",
+    "PLACE",
+    "POLICE",
+    "POWER",
+    "REALLY",
+    "SCHOOL",
+    "SERIOUS",
+    "SOCIAL",
+    "SPEECH",
+    "SUPPORT",
+    "TODAY",
+    "UNDER",
 ]
 
 # (espeak-ng voice, pitch, pitch range). The last two speak only in the test split. Only
 # variants whose output is reproducible (no breath noise: not f2, f3, f5) are used.
 VOICES = [
-    ("en-us+m3", 45, 50), ("en-us+f4", 62, 60), ("en+m1", 40, 45), ("en-gb-x-rp+f4", 66, 55),
-    ("en-us+m7", 50, 40), ("en-gb-scotland+f1", 60, 60), ("en-029+m2", 48, 50), ("en-us+f1", 68, 62),
+    ("en-us+m3", 45, 50),
+    ("en-us+f4", 62, 60),
+    ("en+m1", 40, 45),
+    ("en-gb-x-rp+f4", 66, 55),
+    ("en-us+m7", 50, 40),
+    ("en-gb-scotland+f1", 60, 60),
+    ("en-029+m2", 48, 50),
+    ("en-us+f1", 68, 62),
 ]
 SPLITS = ("train", "val", "test")
 
@@ -80,8 +143,19 @@ def plan_corpus(cfg: dict) -> list[ClipPlan]:
             word = words[i % len(words)]
             counts[word] = counts.get(word, 0) + 1
             voice, pitch, prange = voices[clip_voices[i]]
-            plans.append(ClipPlan(split, i, word, counts[word], ids[clip_ids[i]], voice,
-                                  int(pitch + rng.integers(-6, 7)), prange, (cfg["seed"], s_idx, i)))
+            plans.append(
+                ClipPlan(
+                    split,
+                    i,
+                    word,
+                    counts[word],
+                    ids[clip_ids[i]],
+                    voice,
+                    int(pitch + rng.integers(-6, 7)),
+                    prange,
+                    (cfg["seed"], s_idx, i),
+                )
+            )
     return plans
 
 
@@ -126,14 +200,19 @@ def synthesize_clip_audio(plan: ClipPlan, cfg: dict):
         raise RuntimeError(f"could not synthesise a phrase long enough for {plan.rel_stem}")
     sp, t0, target, cov = best
     a = int(round(t0 * sr))
-    audio = sp.audio[a: a + int(round(duration * sr))].copy()
+    audio = sp.audio[a : a + int(round(duration * sr))].copy()
     peak = float(np.abs(audio).max()) or 1.0
     audio = audio / peak * float(rng.uniform(0.5, 0.8))
     audio += rng.normal(0, 10 ** (-55 / 20), audio.shape).astype(np.float32)  # faint room tone
     shift = lambda seg: {"label": seg.label, "start": round(seg.start - t0, 4), "end": round(seg.end - t0, 4)}
     inside = lambda seg: seg.end > t0 and seg.start < t0 + duration
-    return (audio.astype(np.float32), [shift(p) for p in sp.phones if inside(p)],
-            [shift(w) for w in sp.words if inside(w)], shift(target), cov)
+    return (
+        audio.astype(np.float32),
+        [shift(p) for p in sp.phones if inside(p)],
+        [shift(w) for w in sp.words if inside(w)],
+        shift(target),
+        cov,
+    )
 
 
 _IDENTITIES: dict[str, face_anim.Identity] = {}
@@ -153,11 +232,19 @@ def _build_one(args) -> dict:
     ffmpeg.write_mp4(stem.with_suffix(".mp4"), frames, fps, audio, cfg["sample_rate"])
     word_dur = target["end"] - target["start"]
     stem.with_suffix(".txt").write_text(
-        f"Text:  {plan.word}\nSpeaker: {plan.identity}\nVoice: {plan.voice}\n"
-        f"Duration: {word_dur:.2f} seconds\n")
-    meta = {"clip": plan.rel_stem, "identity": plan.identity, "voice": plan.voice, "pitch": plan.pitch,
-            "speech_coverage": round(coverage, 4), "word": target, "words": words, "phones": phones,
-            "mouth": np.round(mouth, 4).tolist()}
+        f"Text:  {plan.word}\nSpeaker: {plan.identity}\nVoice: {plan.voice}\nDuration: {word_dur:.2f} seconds\n"
+    )
+    meta = {
+        "clip": plan.rel_stem,
+        "identity": plan.identity,
+        "voice": plan.voice,
+        "pitch": plan.pitch,
+        "speech_coverage": round(coverage, 4),
+        "word": target,
+        "words": words,
+        "phones": phones,
+        "mouth": np.round(mouth, 4).tolist(),
+    }
     stem.with_suffix(".json").write_text(json.dumps(meta))
     return {"split": plan.split, "identity": plan.identity, "voice": plan.voice, "coverage": coverage}
 
@@ -196,10 +283,12 @@ def build(cfg: dict, out_dir: Path, workers: int, progress=None) -> dict:
             "voices": {s: sorted({r["voice"] for r in results if r["split"] == s}) for s in SPLITS},
             "speech_coverage": {"min": round(float(cov.min()), 4), "mean": round(float(cov.mean()), 4)},
             "params": cfg,
-            "sources": {"photos": face_anim.PHOTOS,
-                        "speech": "espeak-ng (GPL-3.0) from the espeakng-loader wheel, synthesised offline",
-                        # the encoder's build decides the clips' bytes (and so every hash downstream)
-                        "encoder": ffmpeg.build()},
+            "sources": {
+                "photos": face_anim.PHOTOS,
+                "speech": "espeak-ng (GPL-3.0) from the espeakng-loader wheel, synthesised offline",
+                # the encoder's build decides the clips' bytes (and so every hash downstream)
+                "encoder": ffmpeg.build(),
+            },
         }
         (tmp / "source.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         if out_dir.exists():

@@ -7,6 +7,7 @@ seam, so the mouth opens (a painted cavity with teeth shows between the lips) in
 stretching. Mouth shape comes from a viseme track computed from the synthesiser's phoneme
 timing, so what the face does and what the audio says are in exact sync.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,12 +24,83 @@ LOWER_OUTER = [146, 91, 181, 84, 17, 314, 405, 321, 375]
 UPPER_INNER = [191, 80, 81, 82, 13, 312, 311, 310, 415]
 LOWER_INNER = [95, 88, 178, 87, 14, 317, 402, 318, 324]
 CORNERS = [61, 291, 78, 308]
-CHIN = [(18, 0.95), (200, 0.95), (199, 0.95), (175, 1.0), (152, 1.0), (148, 0.85), (377, 0.85),
-        (176, 0.65), (400, 0.65), (149, 0.45), (378, 0.45), (150, 0.25), (379, 0.25),
-        (136, 0.1), (365, 0.1), (83, 0.9), (313, 0.9), (201, 0.8), (421, 0.8), (32, 0.6), (262, 0.6)]
-ANCHORS = [10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 172, 58, 132, 93, 234,
-           127, 162, 21, 54, 103, 67, 109, 33, 133, 263, 362, 159, 145, 386, 374, 1, 4, 5, 195,
-           2, 98, 327, 50, 280, 123, 352, 207, 427, 205, 425, 216, 436, 192, 416]
+CHIN = [
+    (18, 0.95),
+    (200, 0.95),
+    (199, 0.95),
+    (175, 1.0),
+    (152, 1.0),
+    (148, 0.85),
+    (377, 0.85),
+    (176, 0.65),
+    (400, 0.65),
+    (149, 0.45),
+    (378, 0.45),
+    (150, 0.25),
+    (379, 0.25),
+    (136, 0.1),
+    (365, 0.1),
+    (83, 0.9),
+    (313, 0.9),
+    (201, 0.8),
+    (421, 0.8),
+    (32, 0.6),
+    (262, 0.6),
+]
+ANCHORS = [
+    10,
+    338,
+    297,
+    332,
+    284,
+    251,
+    389,
+    356,
+    454,
+    323,
+    361,
+    288,
+    397,
+    172,
+    58,
+    132,
+    93,
+    234,
+    127,
+    162,
+    21,
+    54,
+    103,
+    67,
+    109,
+    33,
+    133,
+    263,
+    362,
+    159,
+    145,
+    386,
+    374,
+    1,
+    4,
+    5,
+    195,
+    2,
+    98,
+    327,
+    50,
+    280,
+    123,
+    352,
+    207,
+    427,
+    205,
+    425,
+    216,
+    436,
+    192,
+    416,
+]
 # seam: inner lip line from corner to corner
 SEAM_UPPER = [78] + UPPER_INNER + [308]
 SEAM_LOWER = [78] + LOWER_INNER + [308]
@@ -79,7 +151,7 @@ def viseme_track(phones: list[Segment], times: np.ndarray, smooth_s: float = 0.0
     target = np.zeros((len(grid), 3), np.float64)
     for p in phones:
         a, b = int(round(p.start / step)), int(round(p.end / step))
-        target[a:max(a + 1, b)] = viseme(p.label)
+        target[a : max(a + 1, b)] = viseme(p.label)
     sigma = smooth_s / step
     radius = int(4 * sigma)
     kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
@@ -156,14 +228,54 @@ def identity_specs(per_photo: int) -> list[IdentitySpec]:
     framing, skin tone, lighting and background. The last variant of each photo is the
     held-out test identity and differs most."""
     styles = [
-        dict(mirror=False, face_frac=0.46, aspect=1.0, tilt_deg=0.0, hue_shift=0.0, saturation=1.0,
-             gamma=1.0, tint=(1.0, 1.0, 1.0), background=None, open_scale=1.0),
-        dict(mirror=True, face_frac=0.52, aspect=1.07, tilt_deg=-3.0, hue_shift=4.0, saturation=1.0,
-             gamma=0.9, tint=(1.05, 1.0, 0.93), background=(64, 96, 140), open_scale=0.9),
-        dict(mirror=False, face_frac=0.42, aspect=0.93, tilt_deg=2.5, hue_shift=-5.0, saturation=0.85,
-             gamma=1.15, tint=(0.95, 1.0, 1.06), background=(150, 140, 120), open_scale=1.1),
-        dict(mirror=True, face_frac=0.48, aspect=1.12, tilt_deg=4.0, hue_shift=10.0, saturation=0.7,
-             gamma=1.3, tint=(0.9, 0.95, 1.1), background=(40, 40, 48), open_scale=1.2),
+        dict(
+            mirror=False,
+            face_frac=0.46,
+            aspect=1.0,
+            tilt_deg=0.0,
+            hue_shift=0.0,
+            saturation=1.0,
+            gamma=1.0,
+            tint=(1.0, 1.0, 1.0),
+            background=None,
+            open_scale=1.0,
+        ),
+        dict(
+            mirror=True,
+            face_frac=0.52,
+            aspect=1.07,
+            tilt_deg=-3.0,
+            hue_shift=4.0,
+            saturation=1.0,
+            gamma=0.9,
+            tint=(1.05, 1.0, 0.93),
+            background=(64, 96, 140),
+            open_scale=0.9,
+        ),
+        dict(
+            mirror=False,
+            face_frac=0.42,
+            aspect=0.93,
+            tilt_deg=2.5,
+            hue_shift=-5.0,
+            saturation=0.85,
+            gamma=1.15,
+            tint=(0.95, 1.0, 1.06),
+            background=(150, 140, 120),
+            open_scale=1.1,
+        ),
+        dict(
+            mirror=True,
+            face_frac=0.48,
+            aspect=1.12,
+            tilt_deg=4.0,
+            hue_shift=10.0,
+            saturation=0.7,
+            gamma=1.3,
+            tint=(0.9, 0.95, 1.1),
+            background=(40, 40, 48),
+            open_scale=1.2,
+        ),
     ]
     # the held-out (last) identity takes the most different style, which no other identity uses
     test_style = 3 if per_photo > 3 else 2
@@ -177,8 +289,11 @@ def identity_specs(per_photo: int) -> list[IdentitySpec]:
                 style = dict(shared[v % len(shared)])
                 k = v // len(shared)
                 if k:  # more identities than styles: perturb deterministically
-                    style.update(face_frac=style["face_frac"] * (1 + 0.04 * k), hue_shift=style["hue_shift"] + 4 * k,
-                                 gamma=style["gamma"] * (1 + 0.05 * k))
+                    style.update(
+                        face_frac=style["face_frac"] * (1 + 0.04 * k),
+                        hue_shift=style["hue_shift"] + 4 * k,
+                        gamma=style["gamma"] * (1 + 0.05 * k),
+                    )
             out.append(IdentitySpec(name=f"{photo}-{v}", photo=photo, **style))
     return out
 
@@ -197,7 +312,7 @@ def _recolour(img: np.ndarray, spec: IdentitySpec) -> np.ndarray:
     hsv[..., 0] = (hsv[..., 0] + spec.hue_shift * 256.0 / 360.0) % 256.0
     hsv[..., 1] = np.clip(hsv[..., 1] * spec.saturation, 0, 255)
     out = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB_FULL).astype(np.float32) / 255.0
-    out = np.clip(out ** spec.gamma * np.array(spec.tint, np.float32), 0, 1)
+    out = np.clip(out**spec.gamma * np.array(spec.tint, np.float32), 0, 1)
     return out
 
 
@@ -219,8 +334,13 @@ def build_identity(spec: IdentitySpec, size: int) -> Identity:
     lin = rot @ np.diag([scale * spec.aspect, scale])
     offset = np.array([size / 2, size / 2]) - lin @ centre
     affine = np.hstack([lin, offset[:, None]])
-    base = cv2.warpAffine(photo, affine, (size, size), flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC,
-                          borderMode=cv2.BORDER_REFLECT101)
+    base = cv2.warpAffine(
+        photo,
+        affine,
+        (size, size),
+        flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC,
+        borderMode=cv2.BORDER_REFLECT101,
+    )
     landmarks = lm @ lin.T + offset
     colour = _recolour(base, spec)
     if spec.background is not None:
@@ -281,8 +401,10 @@ def _displacements(lm: np.ndarray, state: np.ndarray, open_scale: float):
     anchor_idx = np.array(ANCHORS)
     anchor_d = np.zeros((len(anchor_idx), 2))
     upper = (np.concatenate([up_idx, corner_idx, anchor_idx]), np.concatenate([up_d, corner_d, anchor_d]))
-    lower = (np.concatenate([lo_idx, corner_idx, chin_idx, anchor_idx]),
-             np.concatenate([lo_d, corner_d, chin_d, anchor_d]))
+    lower = (
+        np.concatenate([lo_idx, corner_idx, chin_idx, anchor_idx]),
+        np.concatenate([lo_d, corner_d, chin_d, anchor_d]),
+    )
     return upper, lower
 
 
@@ -292,7 +414,7 @@ def _backward_field(points: np.ndarray, disp: np.ndarray, grid: np.ndarray, sigm
     dest = points + disp
     dx, dy = grid[:, 0, None] - dest[None, :, 0], grid[:, 1, None] - dest[None, :, 1]
     d2 = dx * dx + dy * dy  # bit for bit a [N, P, 2] array summed over its last axis, 6x faster
-    k = np.exp(-d2 / (2 * sigma ** 2))
+    k = np.exp(-d2 / (2 * sigma**2))
     num = k @ (-disp)
     den = k.sum(1, keepdims=True) + 1e-3
     return num / den
@@ -315,7 +437,7 @@ def render_face(identity: Identity, state: np.ndarray) -> tuple[np.ndarray, np.n
     x0, y0 = (np.floor(moving.min(0) - pad).astype(int)).clip(0, size - 1)
     x1, y1 = (np.ceil(moving.max(0) + pad).astype(int)).clip(1, size)
     step = 4
-    cys, cxs = np.mgrid[y0:y1 + step:step, x0:x1 + step:step].astype(np.float64)
+    cys, cxs = np.mgrid[y0 : y1 + step : step, x0 : x1 + step : step].astype(np.float64)
     grid = np.stack([cxs.ravel(), cys.ravel()], 1)
     fu = _backward_field(lm[u_idx], u_d, grid, sigma).reshape(cys.shape + (2,)).astype(np.float32)
     fl = _backward_field(lm[l_idx], l_d, grid, sigma).reshape(cys.shape + (2,)).astype(np.float32)
@@ -341,8 +463,12 @@ def render_face(identity: Identity, state: np.ndarray) -> tuple[np.ndarray, np.n
     grid_y, grid_x = np.mgrid[y0:y1, x0:x1].astype(np.float32)
     field = ((1 - s) * fu + s * fl).astype(np.float32)
     frame = base.astype(np.float32) / 255.0
-    frame[y0:y1, x0:x1] = cv2.remap(base, grid_x + field[..., 0], grid_y + field[..., 1], cv2.INTER_LINEAR,
-                                    borderMode=cv2.BORDER_REFLECT101).astype(np.float32) / 255.0
+    frame[y0:y1, x0:x1] = (
+        cv2.remap(
+            base, grid_x + field[..., 0], grid_y + field[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101
+        ).astype(np.float32)
+        / 255.0
+    )
 
     # the mouth cavity between the moved inner lips, with upper and lower teeth, drawn in the
     # polygon's box (2 px of margin: the mask's blur stays inside)

@@ -1,5 +1,6 @@
 """HTTP for downloads: credentials (environment or netrc, never params), a basic-auth client
 that sends them only to the same host, and URLs made safe for messages."""
+
 from __future__ import annotations
 
 import base64
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from ..errors import PipelineError
 
-TIMEOUT = 60             # seconds without data before a connection counts as dropped
+TIMEOUT = 60  # seconds without data before a connection counts as dropped
 
 
 class _Transient(Exception):
@@ -25,8 +26,8 @@ class _Transient(Exception):
 class Credentials:
     username: str = field(repr=False)
     password: str = field(repr=False)
-    origin: str = ""   # where they came from (names only), for messages
-    fix: str = ""      # what to change when the server refuses them
+    origin: str = ""  # where they came from (names only), for messages
+    fix: str = ""  # what to change when the server refuses them
 
 
 def env_names(ds: str) -> tuple[str, str]:
@@ -50,25 +51,31 @@ def find_credentials(ds: str, host: str) -> Credentials | None:
     if user or password:
         if not (user and password):
             missing, present = (pass_var, user_var) if user else (user_var, pass_var)
-            raise PipelineError(f"{ds.upper()}: {present} is set but {missing} is not: set both, or neither "
-                                f"to use the netrc entry for {host}")
-        return Credentials(user, password, f"the environment variables {user_var}/{pass_var}",
-                           f"{user_var} and {pass_var}")
+            raise PipelineError(
+                f"{ds.upper()}: {present} is set but {missing} is not: set both, or neither "
+                f"to use the netrc entry for {host}"
+            )
+        return Credentials(
+            user, password, f"the environment variables {user_var}/{pass_var}", f"{user_var} and {pass_var}"
+        )
     path = netrc_path()
     if not path.is_file():
         return None
     try:  # file=None lets the netrc module insist on owner-only permissions of ~/.netrc
         entries = netrc.netrc(str(path) if os.environ.get("NETRC") else None)
     except netrc.NetrcParseError as exc:  # its message may quote a token: not shown
-        raise PipelineError(f"{ds.upper()}: cannot use the netrc file {path} (line {exc.lineno}): fix its syntax, "
-                            "and make it readable by you only (chmod 600)") from None
+        raise PipelineError(
+            f"{ds.upper()}: cannot use the netrc file {path} (line {exc.lineno}): fix its syntax, "
+            "and make it readable by you only (chmod 600)"
+        ) from None
     except OSError as exc:
         raise PipelineError(f"{ds.upper()}: cannot read the netrc file {path}: {exc.strerror}") from None
     auth = entries.authenticators(host)
     if not auth or not auth[0] or not auth[2]:
         return None
-    return Credentials(auth[0], auth[2], f"the netrc file {path} (machine {host})",
-                       f"the 'machine {host}' entry in {path}")
+    return Credentials(
+        auth[0], auth[2], f"the netrc file {path} (machine {host})", f"the 'machine {host}' entry in {path}"
+    )
 
 
 class _SameHostRedirect(urllib.request.HTTPRedirectHandler):
@@ -106,8 +113,10 @@ class Client:
                 raise self._refused(url, exc.code, exc.reason, when) from None
             if exc.code >= 500 or exc.code == 429:
                 raise _Transient(f"HTTP {exc.code} {exc.reason}") from None
-            raise PipelineError(f"{self.ds.upper()}: {public_url(url)} answered HTTP {exc.code} {exc.reason}: check "
-                                f"data.{self.ds}.url_base and data.{self.ds}.parts") from None
+            raise PipelineError(
+                f"{self.ds.upper()}: {public_url(url)} answered HTTP {exc.code} {exc.reason}: check "
+                f"data.{self.ds}.url_base and data.{self.ds}.parts"
+            ) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             raise _Transient(str(getattr(exc, "reason", exc))) from None
 
@@ -115,8 +124,12 @@ class Client:
         host = urllib.parse.urlsplit(url).hostname
         u, p = env_names(self.ds)
         if self.creds is None:
-            return PipelineError(f"{self.ds.upper()}: {public_url(url)} needs a user name and password (HTTP {code} "
-                                 f"{reason}) and none was found: set {u} and {p} to those of your BBC/VGG licence, or "
-                                 f"add 'machine {host} login <user> password <password>' to {netrc_path()}. {when}")
-        return PipelineError(f"{self.ds.upper()}: the server refused the credentials from {self.creds.origin} (HTTP "
-                             f"{code} {reason}) for {public_url(url)}: fix {self.creds.fix}. {when}")
+            return PipelineError(
+                f"{self.ds.upper()}: {public_url(url)} needs a user name and password (HTTP {code} "
+                f"{reason}) and none was found: set {u} and {p} to those of your BBC/VGG licence, or "
+                f"add 'machine {host} login <user> password <password>' to {netrc_path()}. {when}"
+            )
+        return PipelineError(
+            f"{self.ds.upper()}: the server refused the credentials from {self.creds.origin} (HTTP "
+            f"{code} {reason}) for {public_url(url)}: fix {self.creds.fix}. {when}"
+        )

@@ -6,12 +6,13 @@ LRS2: mvlrs_v1/main/<video id>/<clip>.mp4 + .txt, mvlrs_v1/pretrain/..., and the
       train.txt, val.txt, test.txt (pretrain.txt) whose lines are `<video id>/<clip>` and may
       carry a second token (e.g. ` NF`).
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import PipelineError
 
@@ -79,7 +80,9 @@ def validate_lrw(root: str | Path) -> dict:
     if missing_dirs:
         problems.append(f"{len(missing_dirs)} split folder(s) missing:{_listing(missing_dirs, len(missing_dirs))}")
     if missing_txt:
-        problems.append(f"{len(missing_txt)} clip(s) without their .txt:{_listing(sorted(missing_txt), len(missing_txt))}")
+        problems.append(
+            f"{len(missing_txt)} clip(s) without their .txt:{_listing(sorted(missing_txt), len(missing_txt))}"
+        )
     if sum(counts.values()) == 0:
         problems.append(f"no .mp4 clips under {base}/<WORD>/<split>/")
     if problems:
@@ -142,9 +145,13 @@ def validate_lrs2(root: str | Path, include_pretrain: bool = False) -> dict:
         base = root / "mvlrs_v1" / sub
         if not base.is_dir():
             continue
-        missing = [str(base / f"{c}{ext}") for c in ids for ext in (".mp4", ".txt") if not (base / f"{c}{ext}").is_file()]
+        missing = [
+            str(base / f"{c}{ext}") for c in ids for ext in (".mp4", ".txt") if not (base / f"{c}{ext}").is_file()
+        ]
         if missing:
-            problems.append(f"{len(missing)} file(s) listed in {lst.name} are missing:{_listing(missing, len(missing))}")
+            problems.append(
+                f"{len(missing)} file(s) listed in {lst.name} are missing:{_listing(missing, len(missing))}"
+            )
     if problems:
         raise LayoutError(f"LRS2 copy at {root} is incomplete:\n  " + "\n  ".join(problems))
     return {"layout": "lrs2", "clips": counts}
@@ -155,8 +162,9 @@ def iter_lrs2(root: str | Path, include_pretrain: bool = False) -> Iterator[Clip
     for split, sub in _lrs2_splits(include_pretrain):
         base = root / "mvlrs_v1" / sub
         for clip in _read_split_list(_lrs2_list(root, f"{split}.txt")):
-            yield ClipRef(f"{sub}/{clip}", split, str(base / f"{clip}.mp4"), str(base / f"{clip}.txt"),
-                          None, clip.split("/")[0])
+            yield ClipRef(
+                f"{sub}/{clip}", split, str(base / f"{clip}.mp4"), str(base / f"{clip}.txt"), None, clip.split("/")[0]
+            )
 
 
 def validate(layout: str, root: str | Path, include_pretrain: bool = False) -> dict:

@@ -6,6 +6,7 @@ audio_rate, needs_resample. Rejects (<dataset>_rejects.parquet): clip_id, split,
 reason. Unreadable, audio-less and too-short clips, and clips whose header and decoded frame
 counts disagree, are rejected; clips at another frame rate are kept and marked for resampling.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,24 @@ from .layouts import ClipRef, iter_clips, parse_txt
 
 log = logging.getLogger("pipeline.index")
 
-MANIFEST_COLUMNS = ["clip_id", "dataset", "split", "word", "speaker", "text", "video_path", "n_frames", "fps",
-                    "duration_s", "has_audio", "sha1", "width", "height", "audio_rate", "needs_resample"]
+MANIFEST_COLUMNS = [
+    "clip_id",
+    "dataset",
+    "split",
+    "word",
+    "speaker",
+    "text",
+    "video_path",
+    "n_frames",
+    "fps",
+    "duration_s",
+    "has_audio",
+    "sha1",
+    "width",
+    "height",
+    "audio_rate",
+    "needs_resample",
+]
 REJECT_COLUMNS = ["clip_id", "split", "video_path", "reason"]
 
 
@@ -37,6 +54,7 @@ def load_source(dataset: str) -> dict:
 
 def examine(ref: ClipRef, dataset: str, cfg: dict) -> tuple[str, dict]:
     """('ok', manifest row) or ('reject', reject row) for one clip."""
+
     def reject(reason: str):
         return "reject", {"clip_id": ref.clip_id, "split": ref.split, "video_path": ref.video_path, "reason": reason}
 
@@ -52,10 +70,21 @@ def examine(ref: ClipRef, dataset: str, cfg: dict) -> tuple[str, dict]:
         return reject(f"too short: {n} frames < min_frames {cfg['min_frames']}")
     text = parse_txt(ref.txt_path).get("Text", "") if Path(ref.txt_path).is_file() else ""
     row = {
-        "clip_id": ref.clip_id, "dataset": dataset, "split": ref.split, "word": ref.word, "speaker": ref.speaker,
-        "text": text, "video_path": ref.video_path, "n_frames": int(n), "fps": float(info.fps or 0),
-        "duration_s": float(info.duration_s or 0), "has_audio": True, "sha1": sha1_file(ref.video_path),
-        "width": info.width, "height": info.height, "audio_rate": info.audio_rate,
+        "clip_id": ref.clip_id,
+        "dataset": dataset,
+        "split": ref.split,
+        "word": ref.word,
+        "speaker": ref.speaker,
+        "text": text,
+        "video_path": ref.video_path,
+        "n_frames": int(n),
+        "fps": float(info.fps or 0),
+        "duration_s": float(info.duration_s or 0),
+        "has_audio": True,
+        "sha1": sha1_file(ref.video_path),
+        "width": info.width,
+        "height": info.height,
+        "audio_rate": info.audio_rate,
         "needs_resample": bool(abs((info.fps or 0) - cfg["expected_fps"]) > 0.01),
     }
     return "ok", row
@@ -95,8 +124,11 @@ def run(view: dict) -> dict:
         log.warning("rejected %s: %s", r["clip_id"], r["reason"])
     write_parquet_atomic(rej, paths.rejects(dataset))
     write_parquet_atomic(manifest, paths.manifest(dataset))
-    counts = {"clips": len(manifest), "rejected": len(rej),
-              "needs_resample": int(manifest["needs_resample"].sum()) if len(manifest) else 0}
+    counts = {
+        "clips": len(manifest),
+        "rejected": len(rej),
+        "needs_resample": int(manifest["needs_resample"].sum()) if len(manifest) else 0,
+    }
     for split in sorted(set(manifest["split"])):
         counts[f"clips_{split}"] = int((manifest["split"] == split).sum())
     write_json_atomic(paths.metrics("index"), counts)

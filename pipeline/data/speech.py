@@ -4,6 +4,7 @@ The library and its voice data come from the `espeakng-loader` wheel, so nothing
 run time. espeak-ng reports each phoneme and word with its sample offset, which drives the
 embedded corpus's mouth motion (`face_anim.viseme_track`) in exact sync with the audio.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -13,8 +14,6 @@ import threading
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from ..io.audio import SAMPLE_RATE
 
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _INIT_PHONEME_EVENTS = 0x0001
@@ -160,8 +159,9 @@ def _in_fresh_process(fn, *args):
     return value
 
 
-def synthesize(text: str, voice: str = "en-us", rate: int = 165, pitch: int = 50, pitch_range: int = 50,
-               sample_rate: int = SAMPLE_RATE) -> Speech:
+def synthesize(
+    text: str, voice: str = "en-us", rate: int = 165, pitch: int = 50, pitch_range: int = 50, sample_rate: int = 16000
+) -> Speech:
     """Speak `text`; return audio at `sample_rate` with phone and word segments in seconds."""
     from scipy.signal import resample_poly
 
@@ -184,7 +184,7 @@ def synthesize(text: str, voice: str = "en-us", rate: int = 165, pitch: int = 50
         end = word_events[k + 1][1] if k + 1 < len(word_events) else total
         # end the word at its last voiced phone rather than at the next word's start
         voiced = [p.end for p in phones if start <= p.start < end and not is_silence(p.label)]
-        label = raw_text[pos - 1: pos - 1 + length].decode("utf-8", "replace")
+        label = raw_text[pos - 1 : pos - 1 + length].decode("utf-8", "replace")
         words.append(Segment(label, start, max(voiced) if voiced else end))
     return Speech(audio=audio, sample_rate=sample_rate, phones=phones, words=words)
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PipelineError
-from .audio import SAMPLE_RATE
+
+# 16000 below is io/audio.py's SAMPLE_RATE, written out: io/audio.py reads audio through this module.
 
 
 @lru_cache(maxsize=1)
@@ -236,7 +237,7 @@ def read_frames(path: str | Path, size: int | None = None, fps: float | None = N
     return np.frombuffer(proc.stdout[: n * frame_bytes], np.uint8).reshape(n, h, w, 3)
 
 
-def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
     """Decode the first audio stream as float32 mono at sample_rate (downmixed, resampled)."""
     args = [
         "-threads",
@@ -260,7 +261,7 @@ def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
 
 
 def read_av(
-    path: str | Path, width: int, height: int, fps: float | None = None, sample_rate: int = SAMPLE_RATE
+    path: str | Path, width: int, height: int, fps: float | None = None, sample_rate: int = 16000
 ) -> tuple[np.ndarray, np.ndarray]:
     """Frames (uint8 RGB [T, H, W, 3]) and audio (float32 mono at sample_rate) in one ffmpeg run.
 
@@ -314,7 +315,7 @@ def write_mp4(
     frames: np.ndarray,
     fps: float,
     audio: np.ndarray | None = None,
-    sample_rate: int = SAMPLE_RATE,
+    sample_rate: int = 16000,
     crf: int = 18,
 ) -> None:
     """H.264 (yuv420p) + AAC mono mp4, bit-exact for the same input; written atomically."""

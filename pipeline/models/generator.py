@@ -28,6 +28,7 @@ and are flattened, so nothing depends on T. `use_memory=False` is the ablation: 
 with the audio feature going to the fusion in place of the memory readout (a Wav2Lip-like
 baseline that the memory must beat). Images are in [-1, 1], RGB.
 """
+
 from __future__ import annotations
 
 import torch
@@ -51,8 +52,9 @@ class UpBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int, padding: int, output_padding: int = 0):
         super().__init__()
-        self.conv = nn.Sequential(nn.ConvTranspose2d(cin, cout, kernel, stride, padding, output_padding),
-                                  nn.BatchNorm2d(cout), nn.ReLU())
+        self.conv = nn.Sequential(
+            nn.ConvTranspose2d(cin, cout, kernel, stride, padding, output_padding), nn.BatchNorm2d(cout), nn.ReLU()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
@@ -64,15 +66,17 @@ class IdentityEncoder(nn.Module):
         c = [_scaled(n, width) for n in (16, 32, 64, 128, 256, 512, 512)]
         res = lambda n: ConvBlock(n, n, 3, 1, 1, residual=True)
         k = bottom_size(img_size)
-        self.blocks = nn.ModuleList([
-            nn.Sequential(ConvBlock(6, c[0], 7, 1, 3)),
-            nn.Sequential(ConvBlock(c[0], c[1], 3, 2, 1), res(c[1]), res(c[1])),
-            nn.Sequential(ConvBlock(c[1], c[2], 3, 2, 1), res(c[2]), res(c[2]), res(c[2])),
-            nn.Sequential(ConvBlock(c[2], c[3], 3, 2, 1), res(c[3]), res(c[3])),
-            nn.Sequential(ConvBlock(c[3], c[4], 3, 2, 1), res(c[4]), res(c[4])),
-            nn.Sequential(ConvBlock(c[4], c[5], 3, 2, 1), res(c[5])),
-            nn.Sequential(ConvBlock(c[5], c[6], k, 1, 0), ConvBlock(c[6], c[6], 1, 1, 0)),
-        ])
+        self.blocks = nn.ModuleList(
+            [
+                nn.Sequential(ConvBlock(6, c[0], 7, 1, 3)),
+                nn.Sequential(ConvBlock(c[0], c[1], 3, 2, 1), res(c[1]), res(c[1])),
+                nn.Sequential(ConvBlock(c[1], c[2], 3, 2, 1), res(c[2]), res(c[2]), res(c[2])),
+                nn.Sequential(ConvBlock(c[2], c[3], 3, 2, 1), res(c[3]), res(c[3])),
+                nn.Sequential(ConvBlock(c[3], c[4], 3, 2, 1), res(c[4]), res(c[4])),
+                nn.Sequential(ConvBlock(c[4], c[5], 3, 2, 1), res(c[5])),
+                nn.Sequential(ConvBlock(c[5], c[6], k, 1, 0), ConvBlock(c[6], c[6], 1, 1, 0)),
+            ]
+        )
         self.channels = c
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -111,8 +115,9 @@ class ExpertLipEncoder(nn.Module):
 
     The paper's lip encoder, trained in a short run by the lip-path decode and the store term,
     encodes who is speaking, not the mouth: on the embedded corpus 98% of its features' variance
-    lies between clips and no linear map from the audio predicts them (docs/method.md). The expert's face embedding was trained to agree with the audio, so the lip
-    addresses it gives are ones the audio can learn to make. Training only: inference never runs
+    lies between clips and no linear map from the audio predicts them (docs/method.md). The
+    expert's face embedding was trained to agree with the audio, so the lip addresses it gives
+    are ones the audio can learn to make. Training only: inference never runs
     a lip encoder."""
 
     def __init__(self, img_size: int, width: float, input_channels: str = "rgb"):
@@ -123,7 +128,7 @@ class ExpertLipEncoder(nn.Module):
             p.requires_grad_(False)
         super().train(False)
 
-    def train(self, mode: bool = True) -> "ExpertLipEncoder":
+    def train(self, mode: bool = True) -> ExpertLipEncoder:
         return self  # frozen: its batch norms keep the expert's statistics
 
     def forward(self, lip: torch.Tensor) -> torch.Tensor:
@@ -132,7 +137,7 @@ class ExpertLipEncoder(nn.Module):
         if lip.shape[2] != 5:
             raise ValueError(f"the lip encoder takes 5-frame windows, got {lip.shape[2]} frames")
         n, c, t, s, _ = lip.shape
-        faces = ((lip[..., s // 2:, :] + 1.0) / 2.0).transpose(1, 2).reshape(n, c * t, s // 2, s)
+        faces = ((lip[..., s // 2 :, :] + 1.0) / 2.0).transpose(1, 2).reshape(n, c * t, s // 2, s)
         return self.face_encoder(self._to_network_channels(faces)).flatten(1)
 
     _to_network_channels = SyncNet._to_network_channels  # RGB -> the channel order it was trained on
@@ -144,15 +149,17 @@ class Decoder(nn.Module):
         s = skips  # 16, 32, 64, 128, 256, 512, 512 (scaled)
         u = [_scaled(n, width) for n in (512, 512, 384, 256, 128, 64)]
         k = bottom_size(img_size)
-        self.blocks = nn.ModuleList([
-            ConvBlock(dim, s[6], 1, 1, 0),                                                      # 1x1
-            nn.Sequential(UpBlock(s[6] + s[6], u[0], k, 1, 0), ConvBlock(u[0], u[0], 3, 1, 1, True)),  # k x k
-            nn.Sequential(UpBlock(u[0] + s[5], u[1], 3, 2, 1, 1), ConvBlock(u[1], u[1], 3, 1, 1, True)),
-            nn.Sequential(UpBlock(u[1] + s[4], u[2], 3, 2, 1, 1), ConvBlock(u[2], u[2], 3, 1, 1, True)),
-            nn.Sequential(UpBlock(u[2] + s[3], u[3], 3, 2, 1, 1), ConvBlock(u[3], u[3], 3, 1, 1, True)),
-            nn.Sequential(UpBlock(u[3] + s[2], u[4], 3, 2, 1, 1), ConvBlock(u[4], u[4], 3, 1, 1, True)),
-            nn.Sequential(UpBlock(u[4] + s[1], u[5], 3, 2, 1, 1), ConvBlock(u[5], u[5], 3, 1, 1, True)),
-        ])
+        self.blocks = nn.ModuleList(
+            [
+                ConvBlock(dim, s[6], 1, 1, 0),  # 1x1
+                nn.Sequential(UpBlock(s[6] + s[6], u[0], k, 1, 0), ConvBlock(u[0], u[0], 3, 1, 1, True)),  # k x k
+                nn.Sequential(UpBlock(u[0] + s[5], u[1], 3, 2, 1, 1), ConvBlock(u[1], u[1], 3, 1, 1, True)),
+                nn.Sequential(UpBlock(u[1] + s[4], u[2], 3, 2, 1, 1), ConvBlock(u[2], u[2], 3, 1, 1, True)),
+                nn.Sequential(UpBlock(u[2] + s[3], u[3], 3, 2, 1, 1), ConvBlock(u[3], u[3], 3, 1, 1, True)),
+                nn.Sequential(UpBlock(u[3] + s[2], u[4], 3, 2, 1, 1), ConvBlock(u[4], u[4], 3, 1, 1, True)),
+                nn.Sequential(UpBlock(u[4] + s[1], u[5], 3, 2, 1, 1), ConvBlock(u[5], u[5], 3, 1, 1, True)),
+            ]
+        )
         head = _scaled(32, width)
         self.out = nn.Sequential(ConvBlock(u[5] + s[0], head, 3, 1, 1), nn.Conv2d(head, 3, 1))
         self.residual = residual
@@ -175,9 +182,9 @@ def mouth_blur_mask(size: int, box=MOUTH_BOX, device=None) -> torch.Tensor:
     crop; the default is the crop's mouth region: lips, mouth corners and the upper chin), feathered
     over S/12 pixels. Blurring the lips alone (0.62-0.82 x 0.32-0.68) left one seed of three
     copying the reference's jaw and corners (docs/method.md, "The generator's recipe on a CPU")."""
-    t, b, l, r = box
+    top, bottom, left, right = box
     m = torch.zeros(1, 1, size, size, device=device)
-    m[..., round(t * size):round(b * size), round(l * size):round(r * size)] = 1.0
+    m[..., round(top * size) : round(bottom * size), round(left * size) : round(right * size)] = 1.0
     k = max(3, size // 12) | 1
     return F.avg_pool2d(m, k, stride=1, padding=k // 2, count_include_pad=False)
 
@@ -208,10 +215,22 @@ def intervene(readout: torch.Tensor, mode: str) -> torch.Tensor:
 
 
 class Generator(nn.Module):
-    def __init__(self, img_size: int = 96, width: float = 1.0, use_memory: bool = True, slots: int = 96,
-                 dropout: float = 0.5, address_scale: float = 16.0, output: str = "direct",
-                 base_mouth: str = "reference", blur_box=MOUTH_BOX, query_norm: str = "none",
-                 audio_drop: float = 0.0, lip_encoder: dict | None = None, fusion: str = "relu"):
+    def __init__(
+        self,
+        img_size: int = 96,
+        width: float = 1.0,
+        use_memory: bool = True,
+        slots: int = 96,
+        dropout: float = 0.5,
+        address_scale: float = 16.0,
+        output: str = "direct",
+        base_mouth: str = "reference",
+        blur_box=MOUTH_BOX,
+        query_norm: str = "none",
+        audio_drop: float = 0.0,
+        lip_encoder: dict | None = None,
+        fusion: str = "relu",
+    ):
         super().__init__()
         if output not in ("direct", "residual"):
             raise ValueError(f"output must be direct or residual, got {output!r}")
@@ -222,7 +241,9 @@ class Generator(nn.Module):
         self.audio = _stack(AUDIO, width, 1)
         # lip_encoder: None = the paper's (trained with the generator); {"kind": "expert", "width",
         # "input_channels"} = the sync expert's frozen face encoder (train/generator.py's build copies its weights)
-        if lip_encoder is not None and (lip_encoder.get("kind") != "expert" or set(lip_encoder) != {"kind", "width", "input_channels"}):
+        if lip_encoder is not None and (
+            lip_encoder.get("kind") != "expert" or set(lip_encoder) != {"kind", "width", "input_channels"}
+        ):
             raise ValueError(f"lip_encoder must be None or {{kind: expert, width, input_channels}}, got {lip_encoder}")
         if not use_memory:
             lip_encoder = None
@@ -231,23 +252,38 @@ class Generator(nn.Module):
         else:
             self.lip = ExpertLipEncoder(img_size, lip_encoder["width"], lip_encoder["input_channels"])
         lip_dim = self.lip.dim if isinstance(self.lip, ExpertLipEncoder) else dim
-        self.memory = AudioLipMemory(dim, slots, address_scale, query_norm=query_norm, lip_dim=lip_dim) if use_memory else None
+        self.memory = (
+            AudioLipMemory(dim, slots, address_scale, query_norm=query_norm, lip_dim=lip_dim) if use_memory else None
+        )
         if not 0.0 <= audio_drop < 1.0:
             raise ValueError(f"audio_drop must be in [0, 1), got {audio_drop}")
         self.audio_drop = float(audio_drop) if use_memory else 0.0
         if fusion not in ("relu", "linear"):
             raise ValueError(f"fusion must be relu or linear, got {fusion!r}")
         # `linear`: the authors' code; `relu`: this project's (a departure: docs/method.md)
-        self.fusion = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * dim, dim), *([nn.ReLU()] if fusion == "relu" else []))
+        self.fusion = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(2 * dim, dim), *([nn.ReLU()] if fusion == "relu" else [])
+        )
         self.decoder = Decoder(img_size, width, self.identity.channels, dim, residual=output == "residual")
         self.img_size, self.width, self.use_memory, self.dim = img_size, width, use_memory, dim
         self.base_mouth, self.blur_box = base_mouth, tuple(float(v) for v in blur_box)
         if not (0 <= self.blur_box[0] < self.blur_box[1] <= 1 and 0 <= self.blur_box[2] < self.blur_box[3] <= 1):
             raise ValueError(f"blur_box must be (top, bottom, left, right) fractions in [0, 1], got {blur_box}")
-        self._config = {"img_size": img_size, "width": width, "use_memory": use_memory, "slots": slots,
-                        "dropout": dropout, "address_scale": address_scale, "output": output,
-                        "base_mouth": base_mouth, "blur_box": list(self.blur_box), "query_norm": query_norm,
-                        "audio_drop": self.audio_drop, "lip_encoder": lip_encoder, "fusion": fusion}
+        self._config = {
+            "img_size": img_size,
+            "width": width,
+            "use_memory": use_memory,
+            "slots": slots,
+            "dropout": dropout,
+            "address_scale": address_scale,
+            "output": output,
+            "base_mouth": base_mouth,
+            "blur_box": list(self.blur_box),
+            "query_norm": query_norm,
+            "audio_drop": self.audio_drop,
+            "lip_encoder": lip_encoder,
+            "fusion": fusion,
+        }
         # the causal test of the memory (evaluate/memory_analysis.py): as_is, shuffled, zeroed
         self.readout_mode = "as_is"
         channels_last(self)
@@ -259,8 +295,13 @@ class Generator(nn.Module):
         """[N, 1, 80, 16] -> [N, D]."""
         return self.audio(mel).flatten(1)
 
-    def decode(self, audio: torch.Tensor, lip_feature: torch.Tensor, skips: list[torch.Tensor],
-               base: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(
+        self,
+        audio: torch.Tensor,
+        lip_feature: torch.Tensor,
+        skips: list[torch.Tensor],
+        base: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return self.decoder(self.fusion(torch.cat([audio, lip_feature], dim=1)), skips, base)
 
     @staticmethod
@@ -269,8 +310,14 @@ class Generator(nn.Module):
         half = masked.shape[-2] // 2
         return torch.cat([masked[..., :half, :], reference[..., half:, :]], dim=-2)
 
-    def forward(self, masked: torch.Tensor, reference: torch.Tensor, mel: torch.Tensor,
-                lip: torch.Tensor | None = None, lip_path: str = "value_recall") -> dict:
+    def forward(
+        self,
+        masked: torch.Tensor,
+        reference: torch.Tensor,
+        mel: torch.Tensor,
+        lip: torch.Tensor | None = None,
+        lip_path: str = "value_recall",
+    ) -> dict:
         """masked, reference [B, T, 3, S, S]; mel [B, T, 1, 80, 16]; lip [B, T, 3, 5, S, S] or None
         (inference: audio only). Returns `audio_frames` [B, T, 3, S, S] decoded from the
         audio-addressed memory readout, and in training (lip given, memory variant) `lip_frames`

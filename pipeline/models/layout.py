@@ -7,6 +7,7 @@ change to the inputs. On a CPU, oneDNN runs these networks' convolutions faster 
 0.15 s; `benchmarks/train_step` prints both layouts), and on GPUs it is the layout that tensor-core
 convolutions use. Values, names and shapes are unchanged, so state dicts load either way (also
 Wav2Lip's and SyncNet's released weights)."""
+
 from __future__ import annotations
 
 import torch

@@ -13,6 +13,7 @@ Losses that belong to the memory (docs/design.md §5):
 - recall (this project's, weight 0 in the paper's recipe): MSE between the audio-addressed
   readout and the projected lip feature, the target detached.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,8 +22,15 @@ from torch.nn import functional as F
 
 
 class AudioLipMemory(nn.Module):
-    def __init__(self, dim: int, slots: int = 96, scale: float = 16.0, init_std: float = 0.5,
-                 query_norm: str = "none", lip_dim: int | None = None):
+    def __init__(
+        self,
+        dim: int,
+        slots: int = 96,
+        scale: float = 16.0,
+        init_std: float = 0.5,
+        query_norm: str = "none",
+        lip_dim: int | None = None,
+    ):
         super().__init__()
         if query_norm not in ("none", "batch"):
             raise ValueError(f"query_norm must be none or batch, got {query_norm!r}")

@@ -8,6 +8,7 @@ Wav2Lip's `SyncNet_color`, so its released `lipsync_expert.pth` loads with stric
 network was trained on BGR images, so `input_channels="bgr"` makes `forward` reorder the colour
 channels at the boundary. At 128 px one more stride-2 block brings the face map to 1x1.
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,19 +41,39 @@ def _scaled(c: int, width: float) -> int:
 # (cin, cout, kernel, stride, padding, residual) at width 1.0
 FACE_96 = [
     (15, 32, 7, 1, 3, False),
-    (32, 64, 5, (1, 2), 1, False), (64, 64, 3, 1, 1, True), (64, 64, 3, 1, 1, True),
-    (64, 128, 3, 2, 1, False), (128, 128, 3, 1, 1, True), (128, 128, 3, 1, 1, True), (128, 128, 3, 1, 1, True),
-    (128, 256, 3, 2, 1, False), (256, 256, 3, 1, 1, True), (256, 256, 3, 1, 1, True),
-    (256, 512, 3, 2, 1, False), (512, 512, 3, 1, 1, True), (512, 512, 3, 1, 1, True),
-    (512, 512, 3, 2, 1, False), (512, 512, 3, 1, 0, False), (512, 512, 1, 1, 0, False),
+    (32, 64, 5, (1, 2), 1, False),
+    (64, 64, 3, 1, 1, True),
+    (64, 64, 3, 1, 1, True),
+    (64, 128, 3, 2, 1, False),
+    (128, 128, 3, 1, 1, True),
+    (128, 128, 3, 1, 1, True),
+    (128, 128, 3, 1, 1, True),
+    (128, 256, 3, 2, 1, False),
+    (256, 256, 3, 1, 1, True),
+    (256, 256, 3, 1, 1, True),
+    (256, 512, 3, 2, 1, False),
+    (512, 512, 3, 1, 1, True),
+    (512, 512, 3, 1, 1, True),
+    (512, 512, 3, 2, 1, False),
+    (512, 512, 3, 1, 0, False),
+    (512, 512, 1, 1, 0, False),
 ]
 EXTRA_128 = (512, 512, 3, 2, 1, False)  # inserted before the last 1x1 block: 2x2 -> 1x1
 AUDIO = [
-    (1, 32, 3, 1, 1, False), (32, 32, 3, 1, 1, True), (32, 32, 3, 1, 1, True),
-    (32, 64, 3, (3, 1), 1, False), (64, 64, 3, 1, 1, True), (64, 64, 3, 1, 1, True),
-    (64, 128, 3, 3, 1, False), (128, 128, 3, 1, 1, True), (128, 128, 3, 1, 1, True),
-    (128, 256, 3, (3, 2), 1, False), (256, 256, 3, 1, 1, True), (256, 256, 3, 1, 1, True),
-    (256, 512, 3, 1, 0, False), (512, 512, 1, 1, 0, False),
+    (1, 32, 3, 1, 1, False),
+    (32, 32, 3, 1, 1, True),
+    (32, 32, 3, 1, 1, True),
+    (32, 64, 3, (3, 1), 1, False),
+    (64, 64, 3, 1, 1, True),
+    (64, 64, 3, 1, 1, True),
+    (64, 128, 3, 3, 1, False),
+    (128, 128, 3, 1, 1, True),
+    (128, 128, 3, 1, 1, True),
+    (128, 256, 3, (3, 2), 1, False),
+    (256, 256, 3, 1, 1, True),
+    (256, 256, 3, 1, 1, True),
+    (256, 512, 3, 1, 0, False),
+    (512, 512, 1, 1, 0, False),
 ]
 
 
@@ -66,8 +87,9 @@ def _stack(spec, width: float, first_in: int, last_out: int | None = None) -> nn
 
 
 class SyncNet(nn.Module):
-    def __init__(self, img_size: int = 96, width: float = 1.0, input_channels: str = "rgb",
-                 audio_width: float | None = None):
+    def __init__(
+        self, img_size: int = 96, width: float = 1.0, input_channels: str = "rgb", audio_width: float | None = None
+    ):
         super().__init__()
         if img_size not in (96, 128):
             raise ValueError(f"img_size must be 96 or 128, got {img_size}")
@@ -87,8 +109,12 @@ class SyncNet(nn.Module):
         channels_last(self)
 
     def config(self) -> dict:
-        return {"img_size": self.img_size, "width": self.width, "input_channels": self.input_channels,
-                "audio_width": self.audio_width}
+        return {
+            "img_size": self.img_size,
+            "width": self.width,
+            "input_channels": self.input_channels,
+            "audio_width": self.audio_width,
+        }
 
     def _to_network_channels(self, faces: torch.Tensor) -> torch.Tensor:
         if self.input_channels == "rgb":
@@ -114,8 +140,9 @@ def sync_bce(audio_emb: torch.Tensor, face_emb: torch.Tensor, labels: torch.Tens
     return F.binary_cross_entropy(sync_probability(audio_emb, face_emb).float(), labels.float())
 
 
-def in_batch_contrastive(audio_emb: torch.Tensor, face_emb: torch.Tensor, labels: torch.Tensor,
-                         temperature: float = 0.1) -> torch.Tensor:
+def in_batch_contrastive(
+    audio_emb: torch.Tensor, face_emb: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1
+) -> torch.Tensor:
     """InfoNCE over the in-sync pairs of a batch: each positive audio window must pick its own
     face window among all the batch's face windows (and vice versa). It gives a strong gradient
     from the first step, which gets the expert off BCE's 0.69 plateau on every seed."""
@@ -130,8 +157,9 @@ def in_batch_contrastive(audio_emb: torch.Tensor, face_emb: torch.Tensor, labels
     return 0.5 * (loss_a + loss_v)
 
 
-def grouped_sync_losses(audio_emb: torch.Tensor, face_emb: torch.Tensor, groups: torch.Tensor,
-                        temperature: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+def grouped_sync_losses(
+    audio_emb: torch.Tensor, face_emb: torch.Tensor, groups: torch.Tensor, temperature: float = 0.1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(BCE, InfoNCE) over every audio/face pair of the same group (clip).
 
     BCE on the cosine: diagonal pairs are in sync, the other pairs of a group are off sync; the

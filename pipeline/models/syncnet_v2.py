@@ -13,6 +13,7 @@ The features are not normalised: the evaluation compares them by Euclidean dista
 Files are not read here (models know tensors): `pipeline.evaluate.lse.load_syncnet_v2` reads
 the weights and uses `layout_problems` to explain a file that does not fit.
 """
+
 from __future__ import annotations
 
 import torch
@@ -41,23 +42,28 @@ class SyncNetV2(nn.Module):
     def __init__(self, feature_dim: int = FEATURE_DIM):
         super().__init__()
         self.netcnnaud = nn.Sequential(
-            *_conv2d(1, 64, 3, 1), nn.MaxPool2d(1, 1),                      # 0-3:   13 x 20
-            *_conv2d(64, 192, 3, 1), nn.MaxPool2d(3, (1, 2)),               # 4-7:   11 x 9
-            *_conv2d(192, 384, 3, 1),                                       # 8-10
-            *_conv2d(384, 256, 3, 1),                                       # 11-13
-            *_conv2d(256, 256, 3, 1), nn.MaxPool2d(3, 2),                   # 14-17: 5 x 4
-            *_conv2d(256, 512, (5, 4), 0),                                  # 18-20: 1 x 1
+            *_conv2d(1, 64, 3, 1),
+            nn.MaxPool2d(1, 1),  # 0-3:   13 x 20
+            *_conv2d(64, 192, 3, 1),
+            nn.MaxPool2d(3, (1, 2)),  # 4-7:   11 x 9
+            *_conv2d(192, 384, 3, 1),  # 8-10
+            *_conv2d(384, 256, 3, 1),  # 11-13
+            *_conv2d(256, 256, 3, 1),
+            nn.MaxPool2d(3, 2),  # 14-17: 5 x 4
+            *_conv2d(256, 512, (5, 4), 0),  # 18-20: 1 x 1
         )
         self.netfcaud = _head(feature_dim)
         self.netfclip = _head(feature_dim)
         self.netcnnlip = nn.Sequential(
-            *_conv3d(3, 96, (5, 7, 7), 0, (1, 2, 2)), nn.MaxPool3d((1, 3, 3), (1, 2, 2)),        # 0-3:   1 x 54
-            *_conv3d(96, 256, (1, 5, 5), (0, 1, 1), (1, 2, 2)),                                  # 4-6:   1 x 26
-            nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)),                                       # 7:     1 x 13
-            *_conv3d(256, 256, (1, 3, 3), (0, 1, 1)),                                            # 8-10
-            *_conv3d(256, 256, (1, 3, 3), (0, 1, 1)),                                            # 11-13
-            *_conv3d(256, 256, (1, 3, 3), (0, 1, 1)), nn.MaxPool3d((1, 3, 3), (1, 2, 2)),        # 14-17: 1 x 6
-            *_conv3d(256, 512, (1, 6, 6), 0),                                                    # 18-20: 1 x 1
+            *_conv3d(3, 96, (5, 7, 7), 0, (1, 2, 2)),
+            nn.MaxPool3d((1, 3, 3), (1, 2, 2)),  # 0-3:   1 x 54
+            *_conv3d(96, 256, (1, 5, 5), (0, 1, 1), (1, 2, 2)),  # 4-6:   1 x 26
+            nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)),  # 7:     1 x 13
+            *_conv3d(256, 256, (1, 3, 3), (0, 1, 1)),  # 8-10
+            *_conv3d(256, 256, (1, 3, 3), (0, 1, 1)),  # 11-13
+            *_conv3d(256, 256, (1, 3, 3), (0, 1, 1)),
+            nn.MaxPool3d((1, 3, 3), (1, 2, 2)),  # 14-17: 1 x 6
+            *_conv3d(256, 512, (1, 6, 6), 0),  # 18-20: 1 x 1
         )
 
     def forward_aud(self, mfcc: torch.Tensor) -> torch.Tensor:
