@@ -42,8 +42,7 @@ def measure(
     from pipeline import config
     from pipeline.models.syncnet import SyncNet
     from pipeline.runtime import available_cores
-    from pipeline.train import generator as gen_stage
-    from pipeline.train import loop
+    from pipeline.train import gen_step, loop
 
     torch.set_num_threads(available_cores())
     cfg = {
@@ -58,7 +57,7 @@ def measure(
     expert = SyncNet(size, 0.25).to(rt.device).eval()
     for p in expert.parameters():
         p.requires_grad_(False)
-    state = gen_stage.TrainState(view, variant, rt, expert)
+    state = gen_step.TrainState(view, variant, rt, expert)
     if layout == "nchw":  # undo models/layout.py: every network's convolution weights back to NCHW
         nets = [state.g, state.d, expert] + ([state.lip_copy.copy] if state.lip_copy is not None else [])
         for p in (p for net in nets for p in net.parameters()):

@@ -1,143 +1,29 @@
-"""Command line: one subcommand per stage plus helpers, and the stage runner (logging, fingerprint, MLflow run)."""
+"""Command line: argument parsing only. One subcommand per stage (run by pipeline/runner.py) plus
+the helpers: preset, import-expert, validate, infer, compare, stages."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
-import socket
 import sys
-import time
 
-from . import config, paths
+from . import config
 from .errors import PipelineError
 from .stages import STAGES
 
 log = logging.getLogger("pipeline")
 
 
-RUNNERS = {
-    "acquire": "pipeline.data.acquire",
-    "index": "pipeline.data.manifest",
-    "preprocess": "pipeline.preprocess.run",
-    "gather": "pipeline.preprocess.gather",
-    "train_sync_expert": "pipeline.train.sync_expert",
-    "sync_check": "pipeline.train.sync_check",
-    "train_generator": "pipeline.train.generator",
-    "evaluate": "pipeline.evaluate.run",
-    "demo": "pipeline.evaluate.demo",
-    "report": "pipeline.evaluate.report",
-}
 VARIANTS = ("memory", "no_memory")
 
 
-def _stage_inputs(stage: str, view: dict, args) -> list:
-    """The data inputs that, with the params view, fingerprint a stage execution."""
-    ds = view.get("data", {}).get("dataset")
-    if stage == "index":
-        return [paths.source_record(ds)]
-    if stage == "preprocess":
-        return [paths.manifest(ds)]
-    if stage == "gather":
-        return [paths.processed_shard(ds, k) / "meta.json" for k in view["preprocess"]["shards"]]
-    shard_metas = sorted(paths.processed_shards(ds).glob("shard-*/meta.json")) if ds else []
-    if stage == "train_sync_expert":
-        return [paths.processed_index(ds), *shard_metas]
-    if stage == "sync_check":
-        return [paths.processed_index(ds), *shard_metas, paths.model_dir("sync_expert") / "expert.pt"]
-    if stage == "train_generator":
-        return [
-            paths.processed_index(ds),
-            *shard_metas,
-            paths.model_dir("sync_expert") / "expert.pt",
-            paths.sync_check_dir(ds) / "offsets.parquet",
-        ]
-    if stage == "evaluate":
-        return [
-            paths.processed_index(ds),
-            *shard_metas,
-            paths.model_dir("sync_expert") / "expert.pt",
-            paths.sync_check_dir(ds) / "offsets.parquet",
-            *[paths.model_dir("generator") / v / "generator.pt" for v in view["generator"]["variants"]],
-        ]
-    return []
-
-
-def _summary_items(summary: dict) -> list[tuple[str, object]]:
-    return [
-        (k, v)
-        for k, v in config.flatten(summary).items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith(("params.", "build_"))
-    ]
-
-
 def _run_stage(name: str, args) -> int:
-    import importlib
-    import inspect
+    from .runner import run_stage
 
-    from . import runtime, tracking
-
-    params = config.load(args.params)  # exit 2 before any work when invalid
     spec = STAGES[name]
-    view = config.stage_view(params, spec.params)
-    # processes started together by srun/torchrun, or a SLURM job run again after a requeue, add
-    # to the log (no rank may truncate what another has written)
-    launched, restarts = runtime.launcher_env(), runtime.slurm_restarts()
-    runtime.setup_logging(args.log, append=(launched is not None and launched[1] > 1) or restarts > 0)
-    if os.environ.get("SLURM_JOB_ID"):
-        log.info(
-            "%s: SLURM job %s (restart %d, task %s of %s) on %s",
-            name,
-            os.environ["SLURM_JOB_ID"],
-            restarts,
-            os.environ.get("SLURM_PROCID", "0"),
-            os.environ.get("SLURM_NTASKS", "1"),
-            socket.gethostname(),
-        )
-    module = importlib.import_module(RUNNERS[name])
-    extra = {"shard": args.shard} if name == "preprocess" else {}
-    run_name = f"{name}-{args.shard}" if name == "preprocess" else name
-    if name == "train_generator":
-        extra = {"variant": args.variant}
-        view = {**view, "variant": args.variant}  # each variant is its own run (and fingerprint)
-        run_name = f"{name}-{args.variant}"
-    ds = params["data"]["dataset"]
-    tags = {"device": _device_tag(), **({"shard": str(args.shard)} if name == "preprocess" else {})}
-    started = time.time()
-    if name == "acquire":  # its inputs are made by the stage itself: fingerprint afterwards
-        summary = module.run(view, **extra)
-        fp = runtime.fingerprint(view, [])
-        with tracking.stage_run(name, ds, view, fp, tags=tags, label=run_name) as tracker:
-            pass
-    elif name == "preprocess" or runtime.launcher_rank() != 0:
-        # shard jobs run in parallel (gather is the stage's one MLflow writer); under torchrun or
-        # srun only rank 0 writes the run
-        summary = module.run(view, **extra)
-        tracker = None
-    else:
-        fp = runtime.fingerprint(view, _stage_inputs(name, view, args))
-        with tracking.stage_run(name, ds, view, fp, tags=tags, label=run_name) as tracker:
-            if "tracker" in inspect.signature(module.run).parameters:
-                extra["tracker"] = tracker
-            summary = module.run(view, **extra)
-    seconds = time.time() - started
-    items = _summary_items(summary)
-    if tracker is not None:
-        tracker.log_metrics({**dict(items), "wall_seconds": seconds})
-    line = f"{run_name}: {ds}: " + ", ".join(f"{k}={v}" for k, v in items) + f" in {seconds:.1f} s"
-    log.info(line)
-    print(line)
+    run_stage(name, args.params, args.log, getattr(args, spec.argument) if spec.argument else None)
     return 0
-
-
-def _device_tag() -> str:
-    import sys
-
-    torch = sys.modules.get("torch")  # only stages that use torch pay for importing it
-    if torch is not None and torch.cuda.is_available():
-        return f"cuda:{torch.cuda.get_device_name(0)}"
-    return "cpu"
 
 
 def _preset(args) -> int:
@@ -155,7 +41,7 @@ def _import_expert(args) -> int:
     orchestrators see the change and re-run what depends on the expert)."""
     from pathlib import Path
 
-    from .train.expert_io import import_wav2lip
+    from .nets.expert import import_wav2lip
 
     path = Path(args.file).expanduser().resolve()
     if not path.is_file():
@@ -236,9 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(spec.name, help=spec.summary)
         p.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
         p.add_argument("--log", default=None, help="also write the log to this file")
-        if spec.name == "preprocess":
+        if spec.argument == "shard":
             p.add_argument("--shard", type=int, required=True, help="the shard to process (one of preprocess.shards)")
-        if spec.name == "train_generator":
+        if spec.argument == "variant":
             p.add_argument(
                 "--variant",
                 required=True,

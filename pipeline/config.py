@@ -9,7 +9,6 @@ orchestrators' change detection.
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -189,11 +188,10 @@ def update_params(params_path: Path | str, update: dict, what: str) -> dict:
     with open(params_path, encoding="utf-8") as fh:
         doc = rt.load(fh)
     _merge_into(doc, update)
-    path = Path(params_path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    from .runtime import atomic_file
+
+    with atomic_file(params_path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         rt.dump(doc, fh)
-    os.replace(tmp, path)
     return plain
 
 

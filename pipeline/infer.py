@@ -101,7 +101,8 @@ def infer(face: Path, speech: Path, checkpoint: Path, out: Path, batch: int = 32
     import torch
     from tqdm import tqdm
 
-    from .evaluate import generate as gen
+    from .nets import generate as gen
+    from .nets.generate import load_generator
     from .preprocess import crops
     from .preprocess.faces import FaceTracker, NoFace
     from .runtime import threads
@@ -116,7 +117,7 @@ def infer(face: Path, speech: Path, checkpoint: Path, out: Path, batch: int = 32
     frames, is_image = read_face(face, n)
     torch.set_num_threads(threads())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = gen.load_generator(checkpoint, device)
+    model = load_generator(checkpoint, device)
     size = model.img_size
     tracker = FaceTracker(max_faces=2)
     try:

@@ -233,32 +233,62 @@ def without_timings(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k not in TIMING_KEYS}
 
 
-def write_json_atomic(path: str | Path, data) -> None:
+@contextlib.contextmanager
+def atomic_file(path: str | Path, keep_suffix: bool = False):
+    """Yield a temporary name beside `path` to write to; it becomes `path` when the block ends and
+    is removed when it raises, so a reader never sees half a file. The name is `.NAME.tmp-PID`, or
+    `.STEM.tmp-PID.SUFFIX` with keep_suffix (for writers that choose the format by the suffix:
+    images, npz, mp4). torch.save names its archive after the file minus its last suffix: with
+    the default form that is `.NAME`, the same in every run."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    name = f".{path.stem}.tmp-{os.getpid()}{path.suffix}" if keep_suffix else f".{path.name}.tmp-{os.getpid()}"
+    tmp = path.with_name(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path):
+    """Yield an empty temporary folder `.NAME.tmp-PID` beside `path`; when the block ends it
+    replaces `path` (the old folder removed first), and when the block raises it is removed: an
+    output folder is either the old one or the whole new one."""
+    import shutil
+
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(finite_json(data), indent=2, sort_keys=True, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json_atomic(path: str | Path, data) -> None:
+    text = json.dumps(finite_json(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_parquet_atomic(df, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        df.to_parquet(tmp, index=False)
 
 
 def write_curves_csv(rows: list[dict], fields: list[str], path: str | Path) -> None:
     """Per-step curves for `dvc plots` (floats rounded to 6 digits, missing values empty)."""
     import csv
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         for row in rows:
             w.writerow({k: (round(row[k], 6) if isinstance(row.get(k), float) else row.get(k, "")) for k in fields})
-    os.replace(tmp, path)

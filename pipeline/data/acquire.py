@@ -9,18 +9,17 @@ validated and recorded, never copied into data/raw.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from pathlib import Path
 
 from .. import paths
-from ..runtime import available_cores, write_json_atomic
+from ..runtime import atomic_folder, available_cores, write_json_atomic
+from ..stages import StageContext
 from . import embedded, layouts
 
 log = logging.getLogger("pipeline.acquire")
 
 
-def run(view: dict) -> dict:
+def run(view: dict, ctx: StageContext) -> dict:
     data = view["data"]
     ds = data["dataset"]
     out = paths.raw_dir(ds)
@@ -49,10 +48,6 @@ def run(view: dict) -> dict:
             "include_pretrain": include_pretrain,
             **summary,
         }
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write_json_atomic(tmp / "source.json", record)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_folder(out) as tmp:
+        write_json_atomic(tmp / "source.json", record)
     return {**record, **stats}

@@ -1,6 +1,6 @@
 """The embedded corpus: LRW-layout talking-face clips made offline, the default data.
 
-Each clip is a real photograph (see face_anim.PHOTOS) speaking a short synthesised phrase of LRW
+Each clip is a real photograph (see identities.PHOTOS) speaking a short synthesised phrase of LRW
 words with the clip's word in the middle, cut to 29 frames at 25 fps as LRW clips are cut from
 running speech. Mouth motion follows the synthesiser's phoneme timing, so audio-visual sync is
 exact and learnable. Seeded: the same params give the same frames and audio, byte for byte.
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ..io import ffmpeg
-from . import face_anim, speech
+from ..runtime import atomic_folder
+from . import face_anim, identities, speech, visemes
 
 # Words of the LRW vocabulary (the dataset's 500 labels include all of these).
 LRW_WORDS = [
@@ -125,7 +124,7 @@ class ClipPlan:
 def plan_corpus(cfg: dict) -> list[ClipPlan]:
     """Deterministic list of clips for the `data.embedded` params."""
     words = LRW_WORDS[: cfg["n_words"]]
-    idents = face_anim.identity_specs(cfg["identities_per_photo"])
+    idents = identities.identity_specs(cfg["identities_per_photo"])
     per = cfg["identities_per_photo"]
     test_ids = [s.name for k, s in enumerate(idents) if k % per == per - 1]
     seen_ids = [s.name for s in idents if s.name not in test_ids]
@@ -215,7 +214,7 @@ def synthesize_clip_audio(plan: ClipPlan, cfg: dict):
     )
 
 
-_IDENTITIES: dict[str, face_anim.Identity] = {}
+_IDENTITIES: dict[str, identities.Identity] = {}
 
 
 def _build_one(args) -> dict:
@@ -224,7 +223,7 @@ def _build_one(args) -> dict:
     fps, n = cfg["fps"], cfg["n_frames"]
     times = (np.arange(n) + 0.5) / fps  # each frame shows the middle of its 40 ms
     segs = [speech.Segment(p["label"], p["start"], p["end"]) for p in phones]
-    mouth = face_anim.viseme_track(segs, times)
+    mouth = visemes.viseme_track(segs, times)
     rng = np.random.default_rng(list(plan.seed) + [2])
     frames = face_anim.render_clip(_IDENTITIES[plan.identity], mouth, rng)
     stem = Path(out_dir) / plan.rel_stem
@@ -253,20 +252,17 @@ def build(cfg: dict, out_dir: Path, workers: int, progress=None) -> dict:
     """Write the corpus to out_dir (via a temporary folder renamed at the end)."""
     t_start = time.time()
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    plans = plan_corpus(cfg)
-    specs = {s.name: s for s in face_anim.identity_specs(cfg["identities_per_photo"])}
-    _IDENTITIES.clear()
-    for name in sorted({p.identity for p in plans}):
-        _IDENTITIES[name] = face_anim.build_identity(specs[name], cfg["size"])
-    for word in LRW_WORDS[: cfg["n_words"]]:  # LRW has every split folder for every word
-        for split in SPLITS:
-            (tmp / "lipread_mp4" / word / split).mkdir(parents=True, exist_ok=True)
-    jobs = [(p, cfg, str(tmp)) for p in plans]
-    results = []
-    try:
+    with atomic_folder(out_dir) as tmp:
+        plans = plan_corpus(cfg)
+        specs = {s.name: s for s in identities.identity_specs(cfg["identities_per_photo"])}
+        _IDENTITIES.clear()
+        for name in sorted({p.identity for p in plans}):
+            _IDENTITIES[name] = identities.build_identity(specs[name], cfg["size"])
+        for word in LRW_WORDS[: cfg["n_words"]]:  # LRW has every split folder for every word
+            for split in SPLITS:
+                (tmp / "lipread_mp4" / word / split).mkdir(parents=True, exist_ok=True)
+        jobs = [(p, cfg, str(tmp)) for p in plans]
+        results = []
         with mp.get_context("fork").Pool(max(1, workers)) as pool:
             for r in pool.imap_unordered(_build_one, jobs, chunksize=2):
                 results.append(r)
@@ -284,17 +280,11 @@ def build(cfg: dict, out_dir: Path, workers: int, progress=None) -> dict:
             "speech_coverage": {"min": round(float(cov.min()), 4), "mean": round(float(cov.mean()), 4)},
             "params": cfg,
             "sources": {
-                "photos": face_anim.PHOTOS,
+                "photos": identities.PHOTOS,
                 "speech": "espeak-ng (GPL-3.0) from the espeakng-loader wheel, synthesised offline",
                 # the encoder's build decides the clips' bytes (and so every hash downstream)
                 "encoder": ffmpeg.build(),
             },
         }
         (tmp / "source.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return {**summary, "build_seconds": round(time.time() - t_start, 2)}  # timing: not in the record

@@ -20,6 +20,7 @@ from .. import paths
 from ..errors import PipelineError
 from ..io.ffmpeg import probe
 from ..runtime import sha1_file, workers, write_json_atomic, write_parquet_atomic
+from ..stages import StageContext
 from .layouts import ClipRef, iter_clips, parse_txt
 
 log = logging.getLogger("pipeline.index")
@@ -94,7 +95,7 @@ def _examine_star(args):
     return examine(*args)
 
 
-def run(view: dict) -> dict:
+def run(view: dict, ctx: StageContext) -> dict:
     dataset = view["data"]["dataset"]
     cfg = view["index"]
     source = load_source(dataset)

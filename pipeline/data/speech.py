@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..io.ffmpeg import SAMPLE_RATE
+
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _INIT_PHONEME_EVENTS = 0x0001
 _EV_END_OF_LIST, _EV_WORD, _EV_PHONEME = 0, 1, 7
@@ -160,7 +162,12 @@ def _in_fresh_process(fn, *args):
 
 
 def synthesize(
-    text: str, voice: str = "en-us", rate: int = 165, pitch: int = 50, pitch_range: int = 50, sample_rate: int = 16000
+    text: str,
+    voice: str = "en-us",
+    rate: int = 165,
+    pitch: int = 50,
+    pitch_range: int = 50,
+    sample_rate: int = SAMPLE_RATE,
 ) -> Speech:
     """Speak `text`; return audio at `sample_rate` with phone and word segments in seconds."""
     from scipy.signal import resample_poly

@@ -8,8 +8,6 @@ the driving speech (what no lip-sync gives)."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,8 @@ from .. import paths
 from ..errors import PipelineError
 from ..infer import infer, ping_pong, read_speech
 from ..io import ffmpeg
-from ..runtime import without_timings, write_json_atomic
+from ..runtime import atomic_folder, without_timings, write_json_atomic
+from ..stages import StageContext
 from . import mouth_sync
 
 
@@ -46,39 +45,34 @@ def pick_pairs(ds: str, k: int = 4) -> list[tuple[str, str]]:
     return pairs
 
 
-def run(view: dict) -> dict:
+def run(view: dict, ctx: StageContext) -> dict:
     ds = view["data"]["dataset"]
     variants = view["generator"]["variants"]
     variant = "memory" if "memory" in variants else variants[0]
     ckpt = paths.model_dir("generator") / variant / "generator.pt"
     pairs = pick_pairs(ds)
     out = paths.demo_dir()
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    checks = []
-    for k, (face, speech) in enumerate(pairs):  # the first is the demo; the others only measured
-        video = tmp / ("demo.mp4" if k == 0 else f".pair-{k}.mp4")
-        done = infer(Path(face), Path(speech), ckpt, video)
-        if k == 0:
-            summary = done
-        checks.append({"face": face, "speech": speech, **follow_check(Path(face), Path(speech), video)})
-        if k > 0:
-            video.unlink()
-    summary.update(checks[0])
-    means = {
-        f"mean_{key}": round(float(np.nanmean([c[key] for c in checks])), 4)
-        for key in ("mouth_corr_driving", "mouth_corr_original", "input_mouth_corr_driving")
-    }
-    summary.update(
-        means,
-        pairs=len(checks),
-        pairs_following_driving=int(sum(c["mouth_corr_driving"] > c["mouth_corr_original"] for c in checks)),
-    )
-    write_json_atomic(tmp / "demo.json", {"variant": variant, **without_timings(summary), "per_pair": checks})
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_folder(out) as tmp:
+        checks = []
+        for k, (face, speech) in enumerate(pairs):  # the first is the demo; the others only measured
+            video = tmp / ("demo.mp4" if k == 0 else f".pair-{k}.mp4")
+            done = infer(Path(face), Path(speech), ckpt, video)
+            if k == 0:
+                summary = done
+            checks.append({"face": face, "speech": speech, **follow_check(Path(face), Path(speech), video)})
+            if k > 0:
+                video.unlink()
+        summary.update(checks[0])
+        means = {
+            f"mean_{key}": round(float(np.nanmean([c[key] for c in checks])), 4)
+            for key in ("mouth_corr_driving", "mouth_corr_original", "input_mouth_corr_driving")
+        }
+        summary.update(
+            means,
+            pairs=len(checks),
+            pairs_following_driving=int(sum(c["mouth_corr_driving"] > c["mouth_corr_original"] for c in checks)),
+        )
+        write_json_atomic(tmp / "demo.json", {"variant": variant, **without_timings(summary), "per_pair": checks})
     return {k: v for k, v in summary.items() if isinstance(v, (int, float))}
 
 

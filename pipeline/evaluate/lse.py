@@ -218,12 +218,12 @@ class SyncNetV2Scorer:
 class OwnExpertScorer:
     """The same offset/confidence search by the project's sync expert, on the video's frames
     (which must be the project's aligned face crops: the expert never saw anything else) and
-    the clip's mel (computed from the video's audio when not given). Reuses sync_check."""
+    the clip's mel (computed from the video's audio when not given). The search: pipeline.nets.sync."""
 
     network = "own_expert"
 
     def __init__(self, expert_path: str | Path, device: torch.device | str = "cpu", search: int = 15):
-        from ..train.expert_io import load_expert
+        from ..nets.expert import load_expert
 
         if not Path(expert_path).is_file():
             raise PipelineError(
@@ -237,7 +237,7 @@ class OwnExpertScorer:
         import cv2
 
         from ..io.audio import melspectrogram
-        from ..train.sync_check import clip_embeddings, estimate_offset, offset_distances
+        from ..nets.sync import clip_embeddings, estimate_offset, offset_distances
 
         frames = ffmpeg.read_frames(video)
         size = self.model.img_size

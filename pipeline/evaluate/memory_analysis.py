@@ -35,8 +35,9 @@ import torch
 
 from ..data.speech import is_silence
 from ..io import align
-from . import generate as gen
-from .metrics import mouth
+from ..nets import generate as gen
+from ..nets.metrics import mouth
+from ..nets.sync import sync_of
 
 READOUTS = ("as_is", "shuffled", "zeroed")
 
@@ -116,7 +117,6 @@ def readout(model, mode: str):
 def sync_and_mouth(model, expert, store, clips, modes=READOUTS) -> dict:
     """Per readout mode: mouth L1 over the clips' frames 2..n-3, the fraction of clips the expert
     finds within +-1 frame of sync, the mean |offset| and the mean confidence."""
-    from ..train.gen_report import sync_of
 
     out = {}
     for mode in modes:
@@ -289,7 +289,7 @@ def analyse(model, clips, store, video_path_of, min_count: int = 3) -> dict:
 
 def by_viseme(groups: dict) -> list:
     """Phoneme labels ordered by the mouth shape they make (open, width, round), then by name."""
-    from ..data.face_anim import viseme
+    from ..data.visemes import viseme
 
     return sorted(groups, key=lambda p: (viseme(p), p))
 

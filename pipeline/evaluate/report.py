@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -23,7 +22,8 @@ import yaml
 from .. import paths
 from ..errors import PipelineError
 from ..io import ffmpeg
-from ..runtime import write_json_atomic
+from ..runtime import atomic_folder, write_json_atomic
+from ..stages import StageContext
 
 ANCHORS = Path(__file__).with_name("anchors.yaml")
 SHOWN = ["psnr", "ssim", "psnr_mouth", "ssim_mouth", "lmd", "lse_d", "lse_c", "offset_abs"]
@@ -117,140 +117,137 @@ def anchors_html(lse_network: str, dataset: str) -> str:
     return "\n".join(parts)
 
 
-def run(view: dict) -> dict:
+def run(view: dict, ctx: StageContext) -> dict:
     ds = view["data"]["dataset"]
     eval_dir = paths.eval_dir()
     table_path = eval_dir / "eval_table.csv"
     if not table_path.is_file():
         raise PipelineError(f"{table_path} not found: run evaluate first")
     out = paths.report_dir()
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    table = pd.read_csv(table_path).set_index("system")
-    network = str(table.lse_network.iloc[0])
-    variants = list(view["generator"]["variants"])
-    sections = []
+    with atomic_folder(out) as tmp:
+        table = pd.read_csv(table_path).set_index("system")
+        network = str(table.lse_network.iloc[0])
+        variants = list(view["generator"]["variants"])
+        sections = []
 
-    shown = table[[c for c in SHOWN if c in table]]
-    sections.append(
-        (
-            "Evaluation on the test split",
-            f"<p>LSE-D/LSE-C scored by <b>{html.escape(network)}</b>"
-            f"{' (the project’s own sync expert: not the published SyncNet v2, so not comparable with papers)' if network != 'syncnet_v2' else ''}; "
-            "LMD on mediapipe face-mesh lip points (40 points, crop pixels); PSNR/SSIM on aligned crops, "
-            "whole and mouth region. Lower is better for LMD and LSE-D, higher for the rest. "
-            f"{int(table.clips.iloc[0])} test clips.</p>"
-            + _table(shown)
-            + "<p class='why'>PSNR is capped at 100 dB for identical frames (the ground-truth row).</p>"
-            + "<h3>Published figures</h3><p class='why'>Only figures read verbatim from a source are on file "
-            "(<code>pipeline/evaluate/anchors.yaml</code>). SyncTalkFace's own table is not: no source we could read "
-            "gives its numbers as text, and the file says how to add them from the paper.</p>"
-            + anchors_html(network, ds),
-        )
-    )
-
-    cross_path = eval_dir / "eval_table_cross_audio.csv"
-    if cross_path.is_file():
-        cross = pd.read_csv(cross_path).set_index("system")
-        shown_cross = cross[[c for c in ("lse_d", "lse_c", "offset_abs", "pairs") if c in cross]]
+        shown = table[[c for c in SHOWN if c in table]]
         sections.append(
             (
-                "Cross-audio: faces driven by other clips' speech",
+                "Evaluation on the test split",
+                f"<p>LSE-D/LSE-C scored by <b>{html.escape(network)}</b>"
+                f"{' (the project’s own sync expert: not the published SyncNet v2, so not comparable with papers)' if network != 'syncnet_v2' else ''}; "
+                "LMD on mediapipe face-mesh lip points (40 points, crop pixels); PSNR/SSIM on aligned crops, "
+                "whole and mouth region. Lower is better for LMD and LSE-D, higher for the rest. "
+                f"{int(table.clips.iloc[0])} test clips.</p>"
+                + _table(shown)
+                + "<p class='why'>PSNR is capped at 100 dB for identical frames (the ground-truth row).</p>"
+                + "<h3>Published figures</h3><p class='why'>Only figures read verbatim from a source are on file "
+                "(<code>pipeline/evaluate/anchors.yaml</code>). SyncTalkFace's own table is not: no source we could read "
+                "gives its numbers as text, and the file says how to add them from the paper.</p>"
+                + anchors_html(network, ds),
+            )
+        )
+
+        cross_path = eval_dir / "eval_table_cross_audio.csv"
+        if cross_path.is_file():
+            cross = pd.read_csv(cross_path).set_index("system")
+            shown_cross = cross[[c for c in ("lse_d", "lse_c", "offset_abs", "pairs") if c in cross]]
+            sections.append(
                 (
-                    f"<p>{int(cross.pairs.iloc[0])} pairs (a face clip, another clip's audio; cut to the shorter). No ground "
-                    "truth exists for these videos, so only LSE is measured; <i>ground_truth</i> is the untouched face with the "
-                    "foreign audio, i.e. what no lip-sync scores, and <i>composite</i> the reference-mouth copy. This is the "
-                    "protocol of Wav2Lip's LRS2 test pairs and the harder test of lip-sync: reconstruction lets a "
-                    f"model copy the mouth it sees. LSE by <b>{html.escape(str(cross.lse_network.iloc[0]))}</b>.</p>"
-                    + _table(shown_cross)
-                ),
+                    "Cross-audio: faces driven by other clips' speech",
+                    (
+                        f"<p>{int(cross.pairs.iloc[0])} pairs (a face clip, another clip's audio; cut to the shorter). No ground "
+                        "truth exists for these videos, so only LSE is measured; <i>ground_truth</i> is the untouched face with the "
+                        "foreign audio, i.e. what no lip-sync scores, and <i>composite</i> the reference-mouth copy. This is the "
+                        "protocol of Wav2Lip's LRS2 test pairs and the harder test of lip-sync: reconstruction lets a "
+                        f"model copy the mouth it sees. LSE by <b>{html.escape(str(cross.lse_network.iloc[0]))}</b>.</p>"
+                        + _table(shown_cross)
+                    ),
+                )
             )
-        )
 
-    imgs = []
-    if curves_png(
-        paths.plot("train_sync_expert"),
-        [["train_loss", "val_loss"], ["val_acc", "val_acc_voiced", "val_acc_in_sync", "val_acc_off_sync", "val_auc"]],
-        "sync expert",
-        tmp / "curves_sync_expert.png",
-    ):
-        imgs.append("curves_sync_expert.png")
-    for v in variants:
+        imgs = []
         if curves_png(
-            paths.plot(f"train_generator_{v}"),
+            paths.plot("train_sync_expert"),
             [
-                ["l1", "l1_lip", "val_l1"],
-                ["av_sync", "vv_sync", "val_sync_loss"],
-                ["d_loss", "gan", "d_real", "d_fake"],
-                ["val_psnr", "val_psnr_mouth"],
+                ["train_loss", "val_loss"],
+                ["val_acc", "val_acc_voiced", "val_acc_in_sync", "val_acc_off_sync", "val_auc"],
             ],
-            f"generator ({v})",
-            tmp / f"curves_generator_{v}.png",
+            "sync expert",
+            tmp / "curves_sync_expert.png",
         ):
-            imgs.append(f"curves_generator_{v}.png")
-    sections.append(("Training curves", "".join(f"<img src='{i}'>" for i in imgs)))
+            imgs.append("curves_sync_expert.png")
+        for v in variants:
+            if curves_png(
+                paths.plot(f"train_generator_{v}"),
+                [
+                    ["l1", "l1_lip", "val_l1"],
+                    ["av_sync", "vv_sync", "val_sync_loss"],
+                    ["d_loss", "gan", "d_real", "d_fake"],
+                    ["val_psnr", "val_psnr_mouth"],
+                ],
+                f"generator ({v})",
+                tmp / f"curves_generator_{v}.png",
+            ):
+                imgs.append(f"curves_generator_{v}.png")
+        sections.append(("Training curves", "".join(f"<img src='{i}'>" for i in imgs)))
 
-    systems = (
-        (eval_dir / "systems.txt").read_text().splitlines()[0].split(": ", 1)[1].split(" | ")
-        if (eval_dir / "systems.txt").is_file()
-        else list(table.index)
-    )
-    videos = sorted((eval_dir / "samples").glob("*.mp4"))
-    recon = [v for v in videos if not v.name.startswith("cross_")]
-    cross_videos = [v for v in videos if v.name.startswith("cross_")]
-    sample_html = []
-    for k, video in enumerate(recon[:2] + cross_videos[:1]):
-        name = f"samples_{k}.png"
-        if sample_frames_png(video, systems, tmp / name):
-            shutil.copy2(video, tmp / video.name)
-            what = "cross-audio: " if video in cross_videos else "reconstruction: "
-            sample_html.append(
-                f"<figure><img src='{name}'><figcaption>{what}{html.escape(video.stem)} "
-                f"(<a href='{html.escape(video.name)}'>video with sound</a>)</figcaption></figure>"
-            )
-    demo = paths.demo_dir() / "demo.mp4"
-    if demo.is_file():
-        shutil.copy2(demo, tmp / "demo.mp4")
-        sample_html.append(
-            "<p>Demo (a test face driven by another clip's speech): "
-            "<video controls src='demo.mp4' width='320'></video></p>"
+        systems = (
+            (eval_dir / "systems.txt").read_text().splitlines()[0].split(": ", 1)[1].split(" | ")
+            if (eval_dir / "systems.txt").is_file()
+            else list(table.index)
         )
-        info = paths.demo_dir() / "demo.json"
-        d = json.loads(info.read_text()) if info.is_file() else {}
-        if "mean_mouth_corr_driving" in d:
+        videos = sorted((eval_dir / "samples").glob("*.mp4"))
+        recon = [v for v in videos if not v.name.startswith("cross_")]
+        cross_videos = [v for v in videos if v.name.startswith("cross_")]
+        sample_html = []
+        for k, video in enumerate(recon[:2] + cross_videos[:1]):
+            name = f"samples_{k}.png"
+            if sample_frames_png(video, systems, tmp / name):
+                shutil.copy2(video, tmp / video.name)
+                what = "cross-audio: " if video in cross_videos else "reconstruction: "
+                sample_html.append(
+                    f"<figure><img src='{name}'><figcaption>{what}{html.escape(video.stem)} "
+                    f"(<a href='{html.escape(video.name)}'>video with sound</a>)</figcaption></figure>"
+                )
+        demo = paths.demo_dir() / "demo.mp4"
+        if demo.is_file():
+            shutil.copy2(demo, tmp / "demo.mp4")
             sample_html.append(
-                "<p>Does the mouth follow the driving speech? Correlation of the output's mouth opening "
-                "(face-mesh inner-lip gap / mouth width) with the speech envelope, over "
-                f"{d['pairs']} face/speech pairs of the test split: with the driving speech "
-                f"<b>{_corr(d['mean_mouth_corr_driving'])}</b>, with the face clip's own audio "
-                f"{_corr(d['mean_mouth_corr_original'])} (the input video's mouth against the driving speech: "
-                f"{_corr(d['mean_input_mouth_corr_driving'])}); {d['pairs_following_driving']} of {d['pairs']} pairs "
-                "follow the driving speech more than the original audio.</p>"
+                "<p>Demo (a test face driven by another clip's speech): "
+                "<video controls src='demo.mp4' width='320'></video></p>"
             )
-    sections.append(("Samples", "".join(sample_html) or "<p>No sample videos.</p>"))
+            info = paths.demo_dir() / "demo.json"
+            d = json.loads(info.read_text()) if info.is_file() else {}
+            if "mean_mouth_corr_driving" in d:
+                sample_html.append(
+                    "<p>Does the mouth follow the driving speech? Correlation of the output's mouth opening "
+                    "(face-mesh inner-lip gap / mouth width) with the speech envelope, over "
+                    f"{d['pairs']} face/speech pairs of the test split: with the driving speech "
+                    f"<b>{_corr(d['mean_mouth_corr_driving'])}</b>, with the face clip's own audio "
+                    f"{_corr(d['mean_mouth_corr_original'])} (the input video's mouth against the driving speech: "
+                    f"{_corr(d['mean_input_mouth_corr_driving'])}); {d['pairs_following_driving']} of {d['pairs']} pairs "
+                    "follow the driving speech more than the original audio.</p>"
+                )
+        sections.append(("Samples", "".join(sample_html) or "<p>No sample videos.</p>"))
 
-    hist = paths.sync_check_dir(ds) / "offsets_hist.png"
-    if hist.is_file():
-        shutil.copy2(hist, tmp / "offsets_hist.png")
-        sync = json.loads(paths.metrics("sync_check").read_text()) if paths.metrics("sync_check").is_file() else {}
-        sections.append(
-            (
-                "Sync check",
-                f"<p>{sync.get('excluded', '?')} of {sync.get('clips', '?')} clips excluded "
-                "from generator training.</p><img src='offsets_hist.png'>",
+        hist = paths.sync_check_dir(ds) / "offsets_hist.png"
+        if hist.is_file():
+            shutil.copy2(hist, tmp / "offsets_hist.png")
+            sync = json.loads(paths.metrics("sync_check").read_text()) if paths.metrics("sync_check").is_file() else {}
+            sections.append(
+                (
+                    "Sync check",
+                    f"<p>{sync.get('excluded', '?')} of {sync.get('clips', '?')} clips excluded "
+                    "from generator training.</p><img src='offsets_hist.png'>",
+                )
             )
-        )
 
-    analysis = {}
-    if "memory" in variants:
-        analysis = _memory_section(view, tmp, sections)
-    page = _page(ds, sections)
-    (tmp / "index.html").write_text(page)
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, out)
+        analysis = {}
+        if "memory" in variants:
+            analysis = _memory_section(view, tmp, sections)
+        page = _page(ds, sections)
+        (tmp / "index.html").write_text(page)
     summary = {"sections": len(sections), "images": len(list(out.glob("*.png"))), **analysis}
     write_json_atomic(paths.metrics("report"), summary)
     return summary

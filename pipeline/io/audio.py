@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from .ffmpeg import SAMPLE_RATE
+
 N_FFT = 800
 HOP = 200
 WIN = 800

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PipelineError
+from ..runtime import atomic_file
 
-# 16000 below is io/audio.py's SAMPLE_RATE, written out: io/audio.py reads audio through this module.
+SAMPLE_RATE = 16000  # the project's audio rate (Wav2Lip's mel is defined at it); io/audio.py uses it too
 
 
 @lru_cache(maxsize=1)
@@ -237,7 +238,7 @@ def read_frames(path: str | Path, size: int | None = None, fps: float | None = N
     return np.frombuffer(proc.stdout[: n * frame_bytes], np.uint8).reshape(n, h, w, 3)
 
 
-def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
+def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Decode the first audio stream as float32 mono at sample_rate (downmixed, resampled)."""
     args = [
         "-threads",
@@ -261,7 +262,7 @@ def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
 
 
 def read_av(
-    path: str | Path, width: int, height: int, fps: float | None = None, sample_rate: int = 16000
+    path: str | Path, width: int, height: int, fps: float | None = None, sample_rate: int = SAMPLE_RATE
 ) -> tuple[np.ndarray, np.ndarray]:
     """Frames (uint8 RGB [T, H, W, 3]) and audio (float32 mono at sample_rate) in one ffmpeg run.
 
@@ -315,15 +316,14 @@ def write_mp4(
     frames: np.ndarray,
     fps: float,
     audio: np.ndarray | None = None,
-    sample_rate: int = 16000,
+    sample_rate: int = SAMPLE_RATE,
     crf: int = 18,
 ) -> None:
     """H.264 (yuv420p) + AAC mono mp4, bit-exact for the same input; written atomically."""
     path = Path(path)
     frames = np.ascontiguousarray(frames, dtype=np.uint8)
     t, h, w, _ = frames.shape
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    with tempfile.TemporaryDirectory() as td:
+    with tempfile.TemporaryDirectory() as td, atomic_file(path, keep_suffix=True) as tmp:
         args = ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", f"{fps}", "-i", "-"]
         if audio is not None:
             wav = Path(td) / "a.wav"
@@ -353,9 +353,4 @@ def write_mp4(
         if audio is not None:
             args += ["-c:a", "aac", "-b:a", "64k", "-ar", str(sample_rate), "-ac", "1", "-flags:a", "+bitexact"]
         args += ["-movflags", "+faststart", "-f", "mp4", str(tmp)]
-        try:
-            run_ffmpeg(args, input_bytes=frames.tobytes(), what=str(path))
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        run_ffmpeg(args, input_bytes=frames.tobytes(), what=str(path))

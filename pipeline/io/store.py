@@ -15,14 +15,12 @@ A shard folder holds
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..runtime import sha1_file
+from ..runtime import atomic_folder, sha1_file
 
 N_LM = 468
 
@@ -55,11 +53,8 @@ def write_shard(out_dir: Path, clips, size: int, storage: str, failures: pd.Data
     into a temporary folder renamed at the end. `clips` may be a generator: one clip is in memory
     at a time; the caller yields them in clip_id order."""
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    rows, f_off, m_off, jpeg_offsets = [], 0, 0, [0]
-    try:
+    with atomic_folder(out_dir) as tmp:
+        rows, f_off, m_off, jpeg_offsets = [], 0, 0, [0]
         with (
             open(tmp / ("frames.u8" if storage == "raw" else "frames.jpg"), "wb") as ff,
             open(tmp / "landmarks.f16", "wb") as lf,
@@ -103,11 +98,6 @@ def write_shard(out_dir: Path, clips, size: int, storage: str, failures: pd.Data
             "sha1": {name: sha1_file(tmp / name) for name in files},
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return meta
 
 

@@ -12,11 +12,12 @@ from .. import paths
 from ..errors import PipelineError
 from ..io.store import verify_shard
 from ..runtime import write_json_atomic, write_parquet_atomic
+from ..stages import StageContext
 
 log = logging.getLogger("pipeline.gather")
 
 
-def run(view: dict) -> dict:
+def run(view: dict, ctx: StageContext) -> dict:
     dataset = view["data"]["dataset"]
     cfg = view["preprocess"]
     parts, fails = [], []

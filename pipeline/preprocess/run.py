@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import multiprocessing as mp
-import os
 import shutil
 import time
 from pathlib import Path
@@ -26,7 +25,8 @@ from .. import paths
 from ..errors import PipelineError
 from ..io import audio as audio_io
 from ..io import ffmpeg, store
-from ..runtime import fingerprint, workers
+from ..runtime import atomic_file, fingerprint, workers
+from ..stages import StageContext, code_files
 from . import crops, faces
 
 log = logging.getLogger("pipeline.preprocess")
@@ -116,7 +116,6 @@ def _clip_file(work: Path, clip_id: str) -> Path:
 def _work_on(args) -> tuple[str, str, int]:
     row, cfg, work = args
     target = _clip_file(Path(work), row["clip_id"])
-    tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}.npz")
     try:
         clip = process_clip(row, cfg, _TRACKER)
         payload = {
@@ -140,9 +139,8 @@ def _work_on(args) -> tuple[str, str, int]:
         log.warning("clip %s: %s", row["clip_id"], reason)
         payload = {"kind": np.array("reject"), "clip_id": np.array(row["clip_id"]), "reason": np.array(reason)}
         result = ("reject", reason, 0)
-    with open(tmp, "wb") as fh:
+    with atomic_file(target, keep_suffix=True) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **payload)
-    os.replace(tmp, target)
     return result
 
 
@@ -168,7 +166,8 @@ def _load_finished(path: Path):
         return clip, None
 
 
-def run(view: dict, shard: int) -> dict:
+def run(view: dict, ctx: StageContext) -> dict:
+    shard = ctx.shard
     dataset = view["data"]["dataset"]
     cfg = view["preprocess"]
     n_shards = len(cfg["shards"])
@@ -180,7 +179,7 @@ def run(view: dict, shard: int) -> dict:
     manifest = pd.read_parquet(manifest_path)
     rows = [r for r in manifest.to_dict("records") if shard_of(r["clip_id"], n_shards) == shard]
     per_clip = {k: cfg[k] for k in CLIP_KEYS}  # raising max_reject_fraction keeps the finished clips
-    fp = fingerprint(per_clip, [manifest_path] + [Path(p) for p in _code_files()])
+    fp = fingerprint(per_clip, [manifest_path] + code_files("preprocess"))
     work = paths.work_dir("preprocess", fp) / f"shard-{shard}"
     work.mkdir(parents=True, exist_ok=True)
     # finished clips are reused; rejected ones are tried again (the file may have been fixed)
@@ -251,10 +250,3 @@ def run(view: dict, shard: int) -> dict:
         "workers": n_workers,
     }
     return summary
-
-
-def _code_files() -> list[str]:
-    from ..stages import STAGES
-
-    root = Path(__file__).resolve().parents[2]
-    return [str(root / f) for f in STAGES["preprocess"].code if (root / f).is_file()]

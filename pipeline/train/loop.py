@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..runtime import launcher_env  # noqa: F401  (used here and by callers of loop)
+from ..runtime import atomic_file, launcher_env  # noqa: F401  (launcher_env: used here and by callers of loop)
 
 log = logging.getLogger("pipeline")
 
@@ -339,11 +339,8 @@ def set_rng_state(state: dict) -> None:
 
 # ------------------------------------------------------------------------- checkpoints
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:

@@ -13,9 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
-import signal
 import time
 from pathlib import Path
 
@@ -27,8 +25,11 @@ from ..data.datasets import SyncDataset, SyncGroups, augment_groups
 from ..errors import PipelineError
 from ..io.store import Store
 from ..models.syncnet import SyncNet, grouped_sync_losses, sync_probability
-from ..runtime import fingerprint, launcher_rank, without_timings, write_curves_csv, write_json_atomic
-from . import expert_io, loop
+from ..nets.expert import import_wav2lip, load_expert, package_expert
+from ..runtime import atomic_folder, fingerprint, launcher_rank, without_timings, write_curves_csv, write_json_atomic
+from ..stages import StageContext, code_files
+from . import loop
+from .trainer import Trainer, train
 
 log = logging.getLogger("pipeline.sync_expert")
 PLOT_FIELDS = [
@@ -124,7 +125,7 @@ def evaluate_test(view: dict, expert_path: Path) -> dict:
     if len(rounds[0]) == 0:
         return {}
     rt = loop.setup(amp=False, rank=0, world_size=1)
-    model = expert_io.load_expert(expert_path, rt.device)
+    model = load_expert(expert_path, rt.device)
     n = min(cfg["val_samples"], len(rounds[0]))
     out = evaluate(model, rounds, n, rt, prefix="test")
     return {
@@ -161,138 +162,126 @@ def _datasets(view):
     return train, val
 
 
+class ExpertTrainer(Trainer):
+    """The expert, its optimiser, its val set, and the best checkpoint so far (early stopping)."""
+
+    name = "train_sync_expert"
+
+    def __init__(self, view: dict, rt: loop.Runtime, work: Path):
+        cfg = self.cfg = view["sync_expert"]
+        self.rt, self.work = rt, work
+        self.train, self.val = _datasets(view)
+        self.n_val = min(cfg["val_samples"], len(self.val))
+        loop.seed_everything(cfg["seed"])
+        self.model = SyncNet(view["preprocess"]["img_size"], cfg["width"], audio_width=cfg.get("audio_width")).to(
+            rt.device
+        )
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg["lr"])
+        self.best = {"val_loss": float("inf"), "step": -1, "evals_since": 0}
+        self.net = torch.nn.parallel.DistributedDataParallel(self.model) if rt.distributed else self.model
+        self.per_rank = max(2, cfg["batch_size"] // rt.world_size)
+
+    @property
+    def done(self) -> bool:
+        return bool(self.best.get("stopped"))
+
+    def state_dict(self) -> dict:
+        rt = self.rt
+        return {
+            "model": self.model.state_dict(),
+            "optimiser": self.opt.state_dict(),
+            "best": self.best,
+            "config": self.model.config(),
+            "scaler": rt.scaler.state_dict() if rt.scaler is not None else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimiser"])
+        self.best = state["best"]
+        if self.rt.scaler is not None and state.get("scaler"):
+            self.rt.scaler.load_state_dict(state["scaler"])
+
+    def step(self, step: int) -> dict:
+        cfg, rt = self.cfg, self.rt
+        lr = learning_rate(cfg, step)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        faces, mel, groups = self.train.batch(
+            cfg["seed"], step, rt.rank, max(1, self.per_rank // cfg["windows_per_clip"])
+        )
+        if cfg["augment"]:
+            faces, mel = augment_groups(
+                faces, mel, groups, np.random.default_rng([cfg["seed"], step, rt.rank, 11]), cfg["mel_warp"]
+            )
+        faces, mel, groups = faces.to(rt.device), mel.to(rt.device), groups.to(rt.device)
+        with loop.autocast(rt):
+            a, v = self.net(mel, faces)
+        bce, nce = grouped_sync_losses(a, v, groups)
+        loss = bce + cfg["contrastive_weight"] * nce
+        if not torch.isfinite(loss):
+            raise PipelineError(f"sync expert loss is {loss.item()} at step {step}: lower sync_expert.lr")
+        loop.backward_step(rt, loss, self.opt)
+        return {"train_loss": loop.all_mean(rt, loss.item()), "train_bce": loop.all_mean(rt, bce.item()), "lr": lr}
+
+    def validate(self, step: int, row: dict, rate: float) -> dict:
+        cfg, rt = self.cfg, self.rt
+        out = evaluate(self.model, self.val, self.n_val, rt)
+        if out["val_loss"] < self.best["val_loss"] - 1e-4:
+            self.best = {
+                "val_loss": out["val_loss"],
+                "step": step,
+                "evals_since": 0,
+                "val_acc": out["val_acc"],
+                "val_acc_voiced": out["val_acc_voiced"],
+                **{f"val_{k}": out[f"val_{k}"] for k in DIAGNOSTICS},
+            }
+            if rt.is_main:
+                loop.save_checkpoint(self.work / "best.pt", package_expert(self.model, step, {**row, **out}))
+        else:
+            self.best["evals_since"] += 1
+        if rt.is_main:
+            log.info(
+                "step %d: loss %.4f, val loss %.4f, acc %.3f (voiced %.3f; in sync %.3f, off sync %.3f), "
+                "AUC %.3f, %.1f samples/s",
+                step,
+                row["train_loss"],
+                out["val_loss"],
+                out["val_acc"],
+                out["val_acc_voiced"],
+                out["val_acc_in_sync"],
+                out["val_acc_off_sync"],
+                out["val_auc"],
+                rate,
+            )
+        if self.best["evals_since"] >= cfg["patience"]:
+            self.best["stopped"] = True  # a re-run after this point does not train on
+            if rt.is_main:
+                log.info("validation loss has not improved for %d evaluations: stopping", cfg["patience"])
+        return out
+
+    def done_record(self, step: int, history: list[dict]) -> dict:
+        loop.save_checkpoint(self.work / "last.pt", package_expert(self.model, step, history[-1] if history else {}))
+        return {"best": self.best}
+
+
 def train_worker(rank: int, world: int, view: dict, work: str, tracker) -> None:
     cfg = view["sync_expert"]
     rt = loop.worker_setup(cfg["amp"], rank, world)
-    work = Path(work)
-    ckpt_path = work / "checkpoint.pt"
-    train, val = _datasets(view)
-    n_val = min(cfg["val_samples"], len(val))
-    loop.seed_everything(cfg["seed"])
-    model = SyncNet(view["preprocess"]["img_size"], cfg["width"], audio_width=cfg.get("audio_width")).to(rt.device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    step, history, best = 0, [], {"val_loss": float("inf"), "step": -1, "evals_since": 0}
-    if ckpt_path.is_file():
-        state = loop.load_checkpoint(ckpt_path, rt.device)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimiser"])
-        step, history, best = state["step"], state["history"], state["best"]
-        loop.set_rng_state(state["rng"])
-        if rt.scaler is not None and state.get("scaler"):
-            rt.scaler.load_state_dict(state["scaler"])
-        if rank == 0:
-            log.info("resuming from %s at step %d", ckpt_path, step)
-            loop.check_resume(rt, state.get("numerics"), "train_sync_expert")
-    net = torch.nn.parallel.DistributedDataParallel(model) if rt.distributed else model
+    trainer = ExpertTrainer(view, rt, Path(work))
     if rt.is_main:
         log.info("sync expert: %d DDP process(es) on %s, %s autocast", rt.world_size, rt.device, rt.precision)
         if tracker is not None:
             tracker.set_tags({"precision": rt.precision, "threads": str(rt.threads)})
-    per_rank = max(2, cfg["batch_size"] // rt.world_size)
-    stop = loop.StopRequest()
-
-    def checkpoint():
-        if rt.is_main:
-            loop.save_checkpoint(
-                ckpt_path,
-                {
-                    "model": model.state_dict(),
-                    "optimiser": opt.state_dict(),
-                    "step": step,
-                    "history": history,
-                    "best": best,
-                    "rng": loop.rng_state(),
-                    "config": model.config(),
-                    "numerics": loop.numerics(rt),
-                    "scaler": rt.scaler.state_dict() if rt.scaler is not None else None,
-                },
-            )
-
-    started = time.time()
-    try:
-        while step < cfg["max_steps"] and not best.get("stopped"):
-            if loop.any_rank(rt, bool(stop)):  # every rank stops at the same step
-                checkpoint()
-                raise loop.Preempted(stop.signal or signal.SIGTERM, step)
-            lr = learning_rate(cfg, step)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            faces, mel, groups = train.batch(cfg["seed"], step, rt.rank, max(1, per_rank // cfg["windows_per_clip"]))
-            if cfg["augment"]:
-                faces, mel = augment_groups(
-                    faces, mel, groups, np.random.default_rng([cfg["seed"], step, rt.rank, 11]), cfg["mel_warp"]
-                )
-            faces, mel, groups = faces.to(rt.device), mel.to(rt.device), groups.to(rt.device)
-            with loop.autocast(rt):
-                a, v = net(mel, faces)
-            bce, nce = grouped_sync_losses(a, v, groups)
-            loss = bce + cfg["contrastive_weight"] * nce
-            if not torch.isfinite(loss):
-                raise PipelineError(f"sync expert loss is {loss.item()} at step {step}: lower sync_expert.lr")
-            loop.backward_step(rt, loss, opt)
-            step += 1
-            row = {
-                "step": step,
-                "train_loss": loop.all_mean(rt, loss.item()),
-                "train_bce": loop.all_mean(rt, bce.item()),
-                "lr": lr,
-            }
-            if step % cfg["eval_every"] == 0 or step == cfg["max_steps"]:
-                row.update(evaluate(model, val, n_val, rt))
-                if row["val_loss"] < best["val_loss"] - 1e-4:
-                    best = {
-                        "val_loss": row["val_loss"],
-                        "step": step,
-                        "evals_since": 0,
-                        "val_acc": row["val_acc"],
-                        "val_acc_voiced": row["val_acc_voiced"],
-                        **{f"val_{k}": row[f"val_{k}"] for k in DIAGNOSTICS},
-                    }
-                    if rt.is_main:
-                        loop.save_checkpoint(work / "best.pt", expert_io.package(model, step, row))
-                else:
-                    best["evals_since"] += 1
-                if rt.is_main:
-                    log.info(
-                        "step %d: loss %.4f, val loss %.4f, acc %.3f (voiced %.3f; in sync %.3f, off sync %.3f), "
-                        "AUC %.3f, %.1f samples/s",
-                        step,
-                        row["train_loss"],
-                        row["val_loss"],
-                        row["val_acc"],
-                        row["val_acc_voiced"],
-                        row["val_acc_in_sync"],
-                        row["val_acc_off_sync"],
-                        row["val_auc"],
-                        (step - (history[0]["step"] - 1 if history else 0))
-                        * cfg["batch_size"]
-                        / (time.time() - started),
-                    )
-            history.append(row)
-            if rt.is_main and tracker is not None and (step % cfg["log_every"] == 0 or "val_loss" in row):
-                tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
-            if "val_loss" in row:
-                checkpoint()
-                if best["evals_since"] >= cfg["patience"]:
-                    best["stopped"] = True  # a re-run after this point does not train on
-                    checkpoint()
-                    if rt.is_main:
-                        log.info("validation loss has not improved for %d evaluations: stopping", cfg["patience"])
-                    break
-        checkpoint()
-        if rt.is_main:
-            loop.save_checkpoint(work / "last.pt", expert_io.package(model, step, history[-1] if history else {}))
-            (work / "done.json").write_text(json.dumps({"step": step, "best": best}))
-    finally:
-        stop.restore()
-        loop.teardown(rt)
+    train(rt, trainer, Path(work), cfg, tracker)
 
 
-def run(view: dict, tracker=None) -> dict:
+def run(view: dict, ctx: StageContext) -> dict:
+    tracker = ctx.tracker
     cfg = view["sync_expert"]
     out = paths.model_dir("sync_expert")
     if cfg["pretrained"]:
-        imported = expert_io.import_to(cfg["pretrained"], out, view["preprocess"]["img_size"])
+        imported = import_pretrained(cfg["pretrained"], out, view["preprocess"]["img_size"])
         if tracker is not None:
             tracker.tag_model(out / "expert.pt")
         return imported
@@ -305,7 +294,7 @@ def run(view: dict, tracker=None) -> dict:
         ("max_steps",) if cfg["lr_schedule"] == "constant" else ()
     )
     keyed = {**view, "sync_expert": {k: v for k, v in cfg.items() if k not in volatile}}
-    fp = fingerprint(keyed, [paths.processed_index(ds), *shards] + _code_files())
+    fp = fingerprint(keyed, [paths.processed_index(ds), *shards] + code_files("train_sync_expert"))
     work = paths.work_dir("train_sync_expert", fp)
     work.mkdir(parents=True, exist_ok=True)
     (work / "done.json").unlink(missing_ok=True)
@@ -318,14 +307,9 @@ def run(view: dict, tracker=None) -> dict:
     done = json.loads((work / "done.json").read_text())
     state = loop.load_checkpoint(work / "checkpoint.pt")
     history = state["history"]
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    shutil.copy2(work / "best.pt", tmp / "expert.pt")
-    shutil.copy2(work / "last.pt", tmp / "last.pt")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_folder(out) as tmp:
+        shutil.copy2(work / "best.pt", tmp / "expert.pt")
+        shutil.copy2(work / "last.pt", tmp / "last.pt")
     _write_plot(history, paths.plot("train_sync_expert"))
     best = done["best"]
     metrics = {
@@ -349,12 +333,19 @@ def run(view: dict, tracker=None) -> dict:
     return metrics
 
 
+def import_pretrained(path: str | Path, out_dir: Path, img_size: int) -> dict:
+    """sync_expert.pretrained: Wav2Lip's expert written as this project's checkpoint."""
+    if img_size != 96:
+        raise PipelineError(f"Wav2Lip's expert works on 96 px crops, but preprocess.img_size is {img_size}")
+    if not Path(path).is_file():
+        raise PipelineError(f"sync_expert.pretrained: {path} does not exist")
+    model = import_wav2lip(path)
+    state = package_expert(model, 0, {}, source=f"wav2lip:{Path(path).name}")
+    with atomic_folder(out_dir) as tmp:
+        torch.save(state, tmp / "expert.pt")
+        torch.save(state, tmp / "last.pt")
+    return {"imported": 1, "parameters": sum(p.numel() for p in model.parameters())}
+
+
 def _write_plot(history: list[dict], path: Path) -> None:
     write_curves_csv(history, PLOT_FIELDS, path)
-
-
-def _code_files() -> list[Path]:
-    from ..stages import STAGES
-
-    root = Path(__file__).resolve().parents[2]
-    return [root / f for f in STAGES["train_sync_expert"].code if (root / f).is_file()]

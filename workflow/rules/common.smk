@@ -27,11 +27,11 @@ validate(config, "../schemas/params.schema.yaml", set_default=False)
 DATASET = config["data"]["dataset"]
 # every preprocess shard: the store that training reads (DVC depends on their folder as a whole)
 SHARDS = [str(paths.processed_shard(DATASET, k)) for k in config["preprocess"]["shards"]]
-# generator variants (the memory ablation) and the GPUs each training job asks for
+# generator variants (the memory ablation) and the GPUs each training job asks for: on a GPU
+# cluster (cluster.gpu) one per DDP process
 VARIANTS = config["generator"]["variants"]
-GPUS = config["generator"]["gpus"]
-# a GPU setup (generator.gpus > 0): the expert asks for one GPU per DDP process
-EXPERT_GPUS = max(1, config["sync_expert"]["processes"]) if GPUS else 0
+EXPERT_GPUS = config["sync_expert"]["processes"] if config["cluster"]["gpu"] else 0
+GPUS = config["generator"]["processes"] if config["cluster"]["gpu"] else 0
 
 
 def train_resources(gpus):

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, default_params, lrw_from_corpus, run_cli
+from helpers import REPO, default_params, lrw_from_corpus, run_cli
 
 from pipeline.io import ffmpeg
 from pipeline.io.store import Store

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import REPO, default_params, run_cli
+from helpers import REPO, default_params, run_cli
 
 from pipeline import config, envcheck
 from pipeline.errors import ConfigError

@@ -8,7 +8,8 @@ import torch
 
 from pipeline.errors import PipelineError
 from pipeline.models.syncnet import SyncNet, in_batch_contrastive, sync_bce, sync_probability
-from pipeline.train import expert_io
+from pipeline.nets import expert as expert_io
+from pipeline.train.sync_expert import import_pretrained
 
 # Wav2Lip's SyncNet_color, restated as (cin, cout, kernel) per block: the layout its
 # lipsync_expert.pth has (models/syncnet.py + models/conv.py of Rudrabha/Wav2Lip).
@@ -93,7 +94,7 @@ def test_a_wider_audio_encoder_maps_to_the_face_embedding_and_survives_its_check
     with torch.no_grad():
         a, v = model(mel, faces)
     assert a.shape == v.shape == (2, 128)
-    torch.save(expert_io.package(model, 5, {}), tmp_path / "expert.pt")
+    torch.save(expert_io.package_expert(model, 5, {}), tmp_path / "expert.pt")
     loaded = expert_io.load_expert(tmp_path / "expert.pt")
     assert loaded.config() == model.config() and loaded.config()["audio_width"] == 0.5
     with torch.no_grad():
@@ -119,13 +120,13 @@ def test_wav2lip_expert_loads_strict_and_converts_rgb_to_bgr(tmp_path):
     assert not torch.allclose(v, v_unconverted, atol=1e-4)
 
     out = tmp_path / "models" / "sync_expert"
-    expert_io.import_to(ckpt, out, 96)
+    import_pretrained(ckpt, out, 96)
     frozen = expert_io.load_expert(out / "expert.pt")
     assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
     with torch.no_grad():
         assert torch.allclose(frozen(mel, faces_rgb)[1], v, atol=1e-6)
     with pytest.raises(PipelineError, match="128"):
-        expert_io.import_to(ckpt, out, 128)
+        import_pretrained(ckpt, out, 128)
 
 
 def test_wrong_layout_is_refused(tmp_path):
@@ -141,7 +142,7 @@ def test_wrong_layout_is_refused(tmp_path):
 
 def test_import_expert_command_sets_params(tmp_path):
     import yaml
-    from conftest import REPO, run_cli
+    from helpers import REPO, run_cli
 
     ckpt = tmp_path / "lipsync_expert.pth"
     wav2lip_checkpoint(ckpt)

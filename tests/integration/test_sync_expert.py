@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import REPO, default_params, run_cli
+from helpers import REPO, default_params, run_cli
 
 from pipeline.train import loop, sync_expert
 

@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import REPO, run_cli
+from helpers import REPO, run_cli
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from pipeline.evaluate import metrics
 from pipeline.io import ffmpeg
 from pipeline.io.store import Store
+from pipeline.nets import metrics
 
 
 def test_psnr_ssim_agree_with_scikit_image_on_random_and_real_frames(processed):
@@ -54,7 +54,7 @@ def test_lmd_is_zero_on_identical_frames_and_grows_with_a_moved_mouth(processed)
 
 @pytest.fixture(scope="session")
 def evaluated(tiny_run):
-    """The tiny run of the whole graph (conftest.tiny_run): both variants trained for a few
+    """The tiny run of the whole graph (tests/conftest.py: tiny_run): both variants trained for a few
     steps, evaluated, the demo and the report made. Tests here only read it."""
     return tiny_run, yaml.safe_load((tiny_run / "params.yaml").read_text())
 
@@ -357,9 +357,9 @@ def test_infer_video_and_still_image_and_error_cases(evaluated, tmp_path):
 
 def test_inference_uses_the_training_frame_to_mel_mapping():
     """Wav2Lip's inference started its mel window a frame off from its training; here inference
-    (evaluate.generate.mel_windows) and the training dataset cut the same window per frame."""
-    from pipeline.evaluate.generate import mel_windows
+    (nets.generate.mel_windows) and the training dataset cut the same window per frame."""
     from pipeline.io import align
+    from pipeline.nets.generate import mel_windows
 
     rng = np.random.default_rng(0)
     mel = rng.normal(size=(93, 80)).astype(np.float32)
@@ -408,8 +408,8 @@ def test_infer_mouth_follows_the_driving_speech_and_faceless_frames_pass_through
     it, so the check can fail. (Whether a *trained* generator's mouth follows speech is the
     demo stage's check on the default run, reported in reports/demo/demo.json.)"""
     from pipeline import infer as inference
-    from pipeline.evaluate import generate as gen
     from pipeline.evaluate import mouth_sync
+    from pipeline.nets import generate as gen
 
     _, corpus_dir, _ = embedded_corpus
     clips = sorted(corpus_dir.glob("lipread_mp4/*/*/*.mp4"))

@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import clone_run, copy_repo, git_env, set_params, tiny_params, tool_env, venv_bin
-from conftest import run_tool as run
+from helpers import REPO, clone_run, copy_repo, git_env, set_params, tiny_params, tool_env, venv_bin
+from helpers import run_tool as run
 
 
 def snakemake_jobs(root: Path) -> dict[str, dict]:
@@ -163,7 +163,7 @@ def test_every_stage_declares_the_code_it_runs():
     module is in the stage's code list, which both orchestrators take as inputs."""
     from pipeline.stages import STAGES
 
-    root = Path(__file__).resolve().parents[1]
+    root = REPO
     for name, spec in STAGES.items():
         seen, todo = set(), [root / spec.code[0]]
         while todo:
@@ -176,12 +176,23 @@ def test_every_stage_declares_the_code_it_runs():
         assert not missing, f"stage {name} runs {missing} but does not list it in pipeline/stages.py (and dvc.yaml)"
 
 
+def test_the_registry_declares_the_data_inputs_dvc_yaml_lists():
+    """The runner fingerprints the data inputs the registry declares; dvc.yaml depends on the same
+    ones (and the one-truth test holds Snakemake to dvc.yaml): inputs are declared once."""
+    from pipeline.stages import STAGES
+
+    root = REPO
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    assert set(stages) == set(STAGES)
+    for name, spec in STAGES.items():
+        stage = stages[name].get("do", stages[name])
+        data = [d.replace("${data.dataset}", "{dataset}") for d in stage["deps"] if not d.startswith("pipeline/")]
+        assert data == list(spec.inputs), f"stage {name}: dvc.yaml's data deps differ from pipeline/stages.py"
+        assert spec.module.replace(".", "/") + ".py" == spec.code[0], f"stage {name}: code[0] is not its module"
+
+
 def test_every_rule_has_log_benchmark_threads():
-    text = (
-        "\n".join(p.read_text() for p in Path("workflow/rules").glob("*.smk"))
-        if Path("workflow/rules").exists()
-        else "\n".join(p.read_text() for p in (Path(__file__).parents[1] / "workflow/rules").glob("*.smk"))
-    )
+    text = "\n".join(p.read_text() for p in (REPO / "workflow/rules").glob("*.smk"))
     rules = re.split(r"^rule ", text, flags=re.M)[1:]
     assert rules
     for body in rules:

@@ -6,7 +6,7 @@ import os
 import subprocess
 
 import yaml
-from conftest import copy_repo, git_env, run_cli, tiny_params
+from helpers import copy_repo, git_env, run_cli, tiny_params
 
 
 def test_stage_runs_are_tracked_in_the_main_repos_store(tmp_path):

@@ -13,7 +13,7 @@ from pipeline.evaluate import lse
 from pipeline.io import ffmpeg
 from pipeline.models.syncnet import SyncNet
 from pipeline.models.syncnet_v2 import SyncNetV2
-from pipeline.train.expert_io import package
+from pipeline.nets.expert import package_expert as package
 
 N_FRAMES = 14
 

@@ -19,7 +19,7 @@ import time
 import pytest
 import torch
 import yaml
-from conftest import REPO, clone_run, tool_env, venv_bin
+from helpers import REPO, clone_run, tool_env, venv_bin
 
 PROBE = """
 import json, os

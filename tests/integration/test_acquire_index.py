@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 import yaml
-from conftest import default_params, run_cli
+from helpers import default_params, run_cli
 
 from pipeline.data import layouts
 

@@ -8,9 +8,9 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from conftest import tiny_params
+from helpers import tiny_params
 
-from pipeline.data import corpus_qc, embedded, face_anim, layouts, speech
+from pipeline.data import corpus_qc, embedded, identities, layouts, speech, visemes
 from pipeline.io import ffmpeg
 
 
@@ -71,7 +71,7 @@ def test_test_split_holds_out_identities_and_voices(corpus):
     # a bigger plan uses every identity of its split and both photos everywhere
     plans = embedded.plan_corpus(dict(tiny_params()["data"]["embedded"], train_clips=40))
     train_ids = {p.identity for p in plans if p.split == "train"}
-    assert {i.split("-")[0] for i in train_ids} == set(face_anim.PHOTOS)
+    assert {i.split("-")[0] for i in train_ids} == set(identities.PHOTOS)
 
 
 def test_identities_and_voices_share_each_split_evenly():
@@ -83,7 +83,7 @@ def test_identities_and_voices_share_each_split_evenly():
         mine = [p for p in plans if p.split == split]
         # held out: one identity per photo and two voices; seen: the other identities and voices
         pools = {
-            "identity": len(face_anim.PHOTOS) * (1 if split == "test" else cfg["identities_per_photo"] - 1),
+            "identity": len(identities.PHOTOS) * (1 if split == "test" else cfg["identities_per_photo"] - 1),
             "voice": 2 if split == "test" else len(embedded.VOICES) - 2,
         }
         for key, pool in pools.items():
@@ -101,8 +101,8 @@ def test_held_out_identities_look_like_no_seen_identity(per_photo):
     import dataclasses
 
     look = lambda s: {k: v for k, v in dataclasses.asdict(s).items() if k != "name"}
-    specs = face_anim.identity_specs(per_photo)
-    for photo in face_anim.PHOTOS:
+    specs = identities.identity_specs(per_photo)
+    for photo in identities.PHOTOS:
         mine = [s for s in specs if s.photo == photo]
         assert len(mine) == per_photo
         held_out, seen = mine[-1], mine[:-1]
@@ -146,7 +146,7 @@ def test_viseme_track_closes_on_bilabials_and_opens_on_vowels():
         speech.Segment("A:", 0.25, 0.45),
         speech.Segment("_", 0.45, 0.6),
     ]
-    track = face_anim.viseme_track(phones, np.array([0.05, 0.18, 0.35, 0.55]))
+    track = visemes.viseme_track(phones, np.array([0.05, 0.18, 0.35, 0.55]))
     assert track[2, 0] > 0.8 and track[1, 0] < 0.15 and track[0, 0] < 0.05 and track[3, 0] < 0.1
 
 

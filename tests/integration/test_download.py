@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import default_params, make_clip, run_cli
+from helpers import default_params, make_clip, run_cli
 
-from pipeline.data import acquire, download, httpclient
+from pipeline.data import acquire, download, fetch, httpclient
 from pipeline.errors import PipelineError
+from pipeline.stages import StageContext
 
 USER, PASSWORD = "lrw-user-7f3a", "pw-9c1e-SECRET"
 LRW_NAMES = [p["name"] for p in download.OFFICIAL["lrw"]["parts"]]
@@ -156,7 +157,7 @@ def work(tmp_path, monkeypatch):
     monkeypatch.setenv("LRW_PASSWORD", PASSWORD)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setattr(download, "RETRY_WAIT", 0.01)
+    monkeypatch.setattr(fetch, "RETRY_WAIT", 0.01)
     return tmp_path
 
 
@@ -168,7 +169,7 @@ def view(root: Path, url_base: str | None, parts=None, ds: str = "lrw") -> dict:
 
 
 def run(v: dict) -> dict:
-    return acquire.run(v)
+    return acquire.run(v, StageContext())
 
 
 # --------------------------------------------------------------------------- tests
@@ -229,7 +230,7 @@ def test_netrc_credentials_and_missing_credentials(work, server, monkeypatch):
 
 
 def test_interrupted_transfer_resumes_on_rerun(work, server, lrw_parts, monkeypatch):
-    monkeypatch.setattr(download, "RETRIES", 0)
+    monkeypatch.setattr(fetch, "RETRIES", 0)
     server.drop = {"lrw-v1-partab": 1}
     root = work / "LRW"
     parts = listed(lrw_parts)
@@ -268,7 +269,7 @@ def test_dropped_connection_is_resumed_within_the_run(work, server, lrw_parts, c
 
 
 def test_server_ignoring_range_restarts_cleanly(work, server, lrw_parts, monkeypatch, caplog):
-    monkeypatch.setattr(download, "RETRIES", 0)
+    monkeypatch.setattr(fetch, "RETRIES", 0)
     server.drop = {"lrw-v1-partab": 1}
     root = work / "LRW"
     with pytest.raises(PipelineError):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import clone_run, copy_repo, git_env, run_tool, set_params, tiny_params, tool_env, venv_bin
+from helpers import clone_run, copy_repo, git_env, run_tool, set_params, tiny_params, tool_env, venv_bin
 from slurm_cluster import Cluster, missing_tools
 
 pytestmark = pytest.mark.slow

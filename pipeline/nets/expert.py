@@ -1,47 +1,38 @@
-"""Sync-expert checkpoints: the project's format, the frozen loader, Wav2Lip's weights.
+"""The sync expert as a frozen tool: the loader of the project's checkpoints, Wav2Lip's weights.
 
-A checkpoint records the network's config, including its input convention: the project's
-experts take RGB; Wav2Lip's `lipsync_expert.pth` was trained on BGR crops in [0, 1] (unaligned
-S3FD boxes, bottom padded by 10 px), so an imported expert converts RGB to BGR at its boundary.
+An expert checkpoint (pipeline.nets.checkpoints) records the network's config, including its
+input convention: the project's experts take RGB; Wav2Lip's `lipsync_expert.pth` was trained on
+BGR crops in [0, 1] (unaligned S3FD boxes, bottom padded by 10 px), so an imported expert
+converts RGB to BGR at its boundary.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from pathlib import Path
 
 import torch
 
 from ..errors import PipelineError
 from ..models.syncnet import SyncNet
+from .checkpoints import EXPERT_FORMAT, package, read
 
 log = logging.getLogger("pipeline.sync_expert")
-FORMAT = "synctalkface-syncnet-v1"
 
 
-def package(model: torch.nn.Module, step: int, metrics: dict, source: str = "trained") -> dict:
-    m = model.module if hasattr(model, "module") else model
-    return {
-        "format": FORMAT,
-        "config": m.config(),
-        "state_dict": m.state_dict(),
-        "step": step,
-        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-        "source": source,
-    }
+def package_expert(model: torch.nn.Module, step: int, metrics: dict, source: str = "trained") -> dict:
+    return package(EXPERT_FORMAT, model, step, metrics, source=source)
 
 
 def load_expert(path: str | Path, device: torch.device | str = "cpu") -> SyncNet:
     """The expert for frozen use: eval mode (BatchNorm statistics fixed, unlike Wav2Lip's
     generator training, which left the expert in training mode) and no gradients."""
-    state = torch.load(path, map_location=device, weights_only=False)
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise PipelineError(
-            f"{path}: not a sync-expert checkpoint of this project (import Wav2Lip's with "
-            f"`python -m pipeline import-expert FILE`)"
-        )
+    state = read(
+        path,
+        EXPERT_FORMAT,
+        device,
+        "not a sync-expert checkpoint of this project (import Wav2Lip's with `python -m pipeline import-expert FILE`)",
+    )
     model = SyncNet(**state["config"]).to(device)
     model.load_state_dict(state["state_dict"])
     model.eval()
@@ -77,21 +68,3 @@ def import_wav2lip(path: str | Path) -> SyncNet:
         "in BGR; this project's aligned crops differ from its training crops, so expect lower confidence"
     )
     return model
-
-
-def import_to(path: str | Path, out_dir: Path, img_size: int) -> dict:
-    if img_size != 96:
-        raise PipelineError(f"Wav2Lip's expert works on 96 px crops, but preprocess.img_size is {img_size}")
-    if not Path(path).is_file():
-        raise PipelineError(f"sync_expert.pretrained: {path} does not exist")
-    model = import_wav2lip(path)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    state = package(model, 0, {}, source=f"wav2lip:{Path(path).name}")
-    torch.save(state, tmp / "expert.pt")
-    torch.save(state, tmp / "last.pt")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-    return {"imported": 1, "parameters": sum(p.numel() for p in model.parameters())}

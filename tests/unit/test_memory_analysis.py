@@ -128,7 +128,7 @@ def test_the_readout_context_restores_the_mode_and_names_a_bad_one():
 
 
 def test_audio_drop_withholds_the_direct_audio_from_some_frames_in_training_only():
-    from test_generator import fake_batch
+    from helpers import fake_batch
 
     torch.manual_seed(0)
     g = Generator(96, 0.125, slots=12, audio_drop=0.5)

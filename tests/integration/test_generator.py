@@ -12,35 +12,18 @@ import pandas as pd
 import pytest
 import talking_blobs
 import torch
-from conftest import default_params, run_cli
+from helpers import default_params, fake_batch, run_cli
 
 from pipeline.errors import PipelineError
 from pipeline.models import memory as mem
 from pipeline.models.discriminator import QualityDiscriminator
 from pipeline.models.generator import Generator
 from pipeline.models.syncnet import SyncNet
-from pipeline.train import gen_losses, loop
+from pipeline.stages import StageContext
+from pipeline.train import gen_losses, gen_step, loop
 from pipeline.train import generator as gen_stage
 
 WEIGHTS = {"l1": 10.0, "store": 0.2, "align": 0.2, "av_sync": 0.2, "vv_sync": 0.2, "gan": 0.2}
-
-
-def fake_batch(b=2, t=5, size=96, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.rand(*s, generator=g) * 2 - 1
-    target = r(b, t, 3, size, size)
-    masked = target.clone()
-    masked[..., size // 2 :, :] = 0
-    lip = torch.stack([target[:, [max(0, min(t - 1, k + d)) for d in range(-2, 3)]] for k in range(t)], 1)
-    lip = lip.transpose(2, 3).clone()
-    lip[..., : size // 2, :] = 0
-    return {
-        "target": target,
-        "masked": masked,
-        "reference": r(b, t, 3, size, size),
-        "mel": r(b, t, 1, 80, 16) * 4,
-        "lip": lip,
-    }
 
 
 def frozen_expert(size=96):
@@ -163,9 +146,9 @@ def test_residual_output_starts_at_the_composite_and_learns_away_from_it():
 def test_blurred_base_starts_without_the_reference_mouth_and_keeps_the_rest(size):
     """`base_mouth: blurred`: the residual starts from the composite with its mouth region reduced to
     the reference's colours, so the reference's lip shape is not where training starts."""
-    from pipeline.evaluate.metrics import mouth_box
     from pipeline.geometry import MOUTH_BOX
     from pipeline.models.generator import blur_mouth
+    from pipeline.nets.metrics import mouth_box
 
     torch.manual_seed(0)
     b = fake_batch(size=size)
@@ -255,7 +238,7 @@ def test_audio_encoder_can_start_from_the_experts():
     g = Generator(96, 0.125, slots=12)
     theirs = expert.audio_encoder.state_dict()
     assert any(not torch.equal(v, theirs[k]) for k, v in g.audio.state_dict().items())
-    gen_stage.init_audio_from_expert(g, expert)
+    gen_step.init_audio_from_expert(g, expert)
     for k, v in g.audio.state_dict().items():
         assert torch.equal(v, theirs[k]), k
     # a copy: training the generator's encoder leaves the frozen expert as it was
@@ -265,11 +248,11 @@ def test_audio_encoder_can_start_from_the_experts():
     g.eval()  # BatchNorm running statistics were copied too: in eval mode both encoders agree
     assert torch.allclose(g.encode_audio(mel), expert.audio_encoder(mel).flatten(1))
     with pytest.raises(PipelineError, match=r"audio_width, or its width when that is null, == generator.width"):
-        gen_stage.init_audio_from_expert(Generator(96, 0.25, slots=12), expert)
+        gen_step.init_audio_from_expert(Generator(96, 0.25, slots=12), expert)
 
 
 def test_the_lip_encoder_can_be_the_experts_frozen_face_encoder(tmp_path):
-    from pipeline.evaluate import generate as gen
+    from pipeline.nets import generate as gen
 
     torch.manual_seed(0)
     expert = SyncNet(96, 0.25).eval()  # wider than the generator: the lip projection maps its width
@@ -288,9 +271,9 @@ def test_the_lip_encoder_can_be_the_experts_frozen_face_encoder(tmp_path):
         },
     }
     with pytest.raises(PipelineError, match="lip_encoder: expert needs the sync expert"):
-        gen_stage.build(view, "memory")
-    g, _ = gen_stage.build(view, "memory", expert)
-    assert gen_stage.build(view, "no_memory", expert)[0].lip is None
+        gen_step.build(view, "memory")
+    g, _ = gen_step.build(view, "memory", expert)
+    assert gen_step.build(view, "no_memory", expert)[0].lip is None
     b = fake_batch()
     wins = gen_losses.lip_windows(b["target"])
     faces, _ = gen_losses.expert_windows(b["target"], b["mel"])  # the same windows as the expert sees them
@@ -329,14 +312,14 @@ def test_the_lip_encoder_can_be_the_experts_frozen_face_encoder(tmp_path):
     assert own["vv_sync"].requires_grad  # a lip encoder of its own: VV from the first step, as the paper
 
     # the checkpoint holds the encoder's weights and rebuilds it
-    torch.save(gen.package(g, 1, {}), tmp_path / "g.pt")
+    torch.save(gen.package_generator(g, 1, {}), tmp_path / "g.pt")
     again = gen.load_generator(tmp_path / "g.pt")
     assert again.config()["lip_encoder"] == {"kind": "expert", "width": 0.25, "input_channels": "rgb"}
     assert torch.equal(again.lip(wins), g.lip(wins))
     with pytest.raises(ValueError, match="lip_encoder must be"):
         Generator(96, 0.125, lip_encoder={"kind": "other"})
     with pytest.raises(PipelineError, match="expert of the generator's image size"):
-        gen_stage.build({**view, "preprocess": {"img_size": 128}}, "memory", expert)
+        gen_step.build({**view, "preprocess": {"img_size": 128}}, "memory", expert)
 
 
 def test_the_lip_path_decode_can_take_every_term_and_the_fusion_can_be_linear():
@@ -451,22 +434,22 @@ def test_resume_is_exact(in_expert_project, tmp_path):
 
 def test_learning_rates_decay_from_lr_decay_from_to_zero_at_max_steps(in_expert_project, tmp_path):
     cfg = {"lr_decay_from": 200, "max_steps": 300}
-    assert [gen_stage.lr_factor(cfg, s) for s in (0, 199, 200)] == [1.0, 1.0, 1.0]
-    assert gen_stage.lr_factor(cfg, 250) == pytest.approx(0.5)
-    assert gen_stage.lr_factor(cfg, 299) == pytest.approx(0.0, abs=3e-4)
-    assert gen_stage.lr_factor({"lr_decay_from": 300, "max_steps": 300}, 299) == 1.0  # constant
+    assert [gen_step.lr_factor(cfg, s) for s in (0, 199, 200)] == [1.0, 1.0, 1.0]
+    assert gen_step.lr_factor(cfg, 250) == pytest.approx(0.5)
+    assert gen_step.lr_factor(cfg, 299) == pytest.approx(0.0, abs=3e-4)
+    assert gen_step.lr_factor({"lr_decay_from": 300, "max_steps": 300}, 299) == 1.0  # constant
     # the stage sets both optimisers' rates from the step alone, so a resumed run has the same ones
     _, params = in_expert_project
     view = tiny_view(params, max_steps=6, lr_decay_from=2, lr_g=1e-3, lr_d=2e-3)
     rt = loop.worker_setup(False, 0, 1)
-    ts = gen_stage.TrainState(view, "memory", rt, frozen_expert())
+    ts = gen_step.TrainState(view, "memory", rt, frozen_expert())
     ts.set_lr(4)
     assert ts.opt_g.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5)
     assert ts.opt_d.param_groups[0]["lr"] == pytest.approx(2e-3 * 0.5)
     # and the training loop applies it: the last step (5) of a 6-step run used factor lr_factor(5)
     gen_stage.train_worker(0, 1, view, "memory", str(tmp_path), None)
     state = loop.load_checkpoint(tmp_path / "checkpoint.pt")
-    last = gen_stage.lr_factor(view["generator"], 5)
+    last = gen_step.lr_factor(view["generator"], 5)
     assert 0 < last < 0.2
     assert state["opt_g"]["param_groups"][0]["lr"] == pytest.approx(1e-3 * last)
     assert state["opt_d"]["param_groups"][0]["lr"] == pytest.approx(2e-3 * last)
@@ -474,8 +457,8 @@ def test_learning_rates_decay_from_lr_decay_from_to_zero_at_max_steps(in_expert_
 
 def test_the_gan_weight_ramps_up_after_its_warm_up(in_expert_project, tmp_path):
     cfg = {"gan_warmup": 2, "gan_ramp": 4}
-    assert [gen_stage.gan_scale(cfg, s) for s in range(8)] == [0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
-    assert [gen_stage.gan_scale({"gan_warmup": 2, "gan_ramp": 0}, s) for s in (1, 2, 9)] == [0.0, 1.0, 1.0]
+    assert [gen_step.gan_scale(cfg, s) for s in range(8)] == [0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert [gen_step.gan_scale({"gan_warmup": 2, "gan_ramp": 0}, s) for s in (1, 2, 9)] == [0.0, 1.0, 1.0]
     # the training loop weights the logged GAN term by it: each step's total is the weighted sum
     _, params = in_expert_project
     view = tiny_view(params, max_steps=5, gan_ramp=4, weights={**params["generator"]["weights"], "gan": 0.5})
@@ -490,36 +473,36 @@ def test_the_gan_weight_ramps_up_after_its_warm_up(in_expert_project, tmp_path):
             if k >= view["generator"]["sync_warmup"]
             else 0.0
         )
-        gan = w["gan"] * gen_stage.gan_scale(view["generator"], k) * row.get("gan", 0.0)
+        gan = w["gan"] * gen_step.gan_scale(view["generator"], k) * row.get("gan", 0.0)
         assert row["loss"] == pytest.approx(rest + gan, rel=1e-5), k
     assert "gan" in history[3] and history[3]["gan"] > 0  # step 3: weight 0.5 x 0.5
 
 
 def test_stage_starts_the_audio_encoder_from_the_expert_when_asked(in_expert_project):
     from pipeline import paths
-    from pipeline.train import expert_io
+    from pipeline.nets import expert as expert_io
 
     _, params = in_expert_project
     rt = loop.worker_setup(False, 0, 1)
     expert = expert_io.load_expert(paths.model_dir("sync_expert") / "expert.pt")
     width = expert.config()["width"]
     theirs = expert.audio_encoder.state_dict()
-    ts = gen_stage.TrainState(tiny_view(params, width=width, audio_init="expert"), "memory", rt, expert)
+    ts = gen_step.TrainState(tiny_view(params, width=width, audio_init="expert"), "memory", rt, expert)
     assert all(torch.equal(v, theirs[k]) for k, v in ts.g.audio.state_dict().items())
-    ts = gen_stage.TrainState(tiny_view(params, width=width, audio_init="random"), "memory", rt, expert)
+    ts = gen_step.TrainState(tiny_view(params, width=width, audio_init="random"), "memory", rt, expert)
     assert not all(torch.equal(v, theirs[k]) for k, v in ts.g.audio.state_dict().items())
     with pytest.raises(PipelineError, match="generator.audio_init: expert"):
-        gen_stage.TrainState(tiny_view(params, width=2 * width, audio_init="expert"), "memory", rt, expert)
+        gen_step.TrainState(tiny_view(params, width=2 * width, audio_init="expert"), "memory", rt, expert)
     # the stage says so before it starts any worker
     with pytest.raises(PipelineError, match=f"sync_expert width {width} != generator.width {2 * width}"):
-        gen_stage.run(tiny_view(params, width=2 * width, audio_init="expert"))
+        gen_stage.run(tiny_view(params, width=2 * width, audio_init="expert"), StageContext(variant="memory"))
 
 
 def test_ddp_two_gloo_processes(in_expert_project, tmp_path):
     _, params = in_expert_project
     work = tmp_path / "ddp"
     work.mkdir()
-    loop.run_workers(gen_stage.train_worker, 2, tiny_view(params, max_steps=2, gpus=2), "memory", str(work), None)
+    loop.run_workers(gen_stage.train_worker, 2, tiny_view(params, max_steps=2, processes=2), "memory", str(work), None)
     state = loop.load_checkpoint(work / "checkpoint.pt")
     assert state["step"] == 2 and json.loads((work / "done.json").read_text())["step"] == 2
 
@@ -565,7 +548,7 @@ def test_stage_writes_model_metrics_plot(expert_project, tmp_path, variant):
     plot = pd.read_csv(mine / f"plots/train_generator_{variant}.csv")
     assert list(plot.step) == [1, 2, 3, 4] and plot.val_l1.notna().sum() == 2
     assert (plot.store.notna().all()) == (variant == "memory")
-    from pipeline.evaluate.generate import load_generator
+    from pipeline.nets.generate import load_generator
 
     g = load_generator(mine / f"models/generator/{variant}/generator.pt")
     assert g.use_memory == (variant == "memory")
@@ -618,9 +601,9 @@ def test_a_short_run_beats_the_composite_with_a_mouth_that_follows_the_audio(tmp
     from another clip's audio are further from the truth."""
     import yaml
 
-    from pipeline.evaluate import generate as gen
-    from pipeline.evaluate.metrics import mouth
     from pipeline.io.store import Store
+    from pipeline.nets import generate as gen
+    from pipeline.nets.metrics import mouth
 
     talking_blobs.write_store(tmp_path / "data/processed/embedded", clips={"train": 24, "val": 6, "test": 2})
     p = default_params()
