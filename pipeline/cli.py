@@ -1,5 +1,5 @@
 """Command line: argument parsing only. One subcommand per stage (run by pipeline/runner.py) plus
-the helpers: preset, import-expert, validate, infer, compare, stages."""
+the helpers: preset, import-expert, validate, infer, score, compare, stages."""
 
 from __future__ import annotations
 
@@ -89,6 +89,19 @@ def _infer(args) -> int:
     return 0
 
 
+def _score(args) -> int:
+    from .evaluate.score import render, score
+    from .runtime import atomic_file
+
+    rows, failures = score(args.videos, args.syncnet_v2, args.expert, args.faces, args.search)
+    text = render(rows, failures, args.format)
+    if args.output:
+        with atomic_file(args.output) as tmp:
+            tmp.write_text(text)
+    print(text, end="")
+    return 1 if failures else 0
+
+
 def _compare(args) -> int:
     from .evaluate.compare import render, runs_table
 
@@ -153,6 +166,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive_int, default=32, help="frames generated per batch")
     p.add_argument("--log", default=None)
     p.set_defaults(func=_infer)
+    p = sub.add_parser(
+        "score",
+        help="is a video in sync: the offset, LSE-D and LSE-C of its speaking face",
+        description="Exit status: 0 every video scored, 1 one or more could not be (each is named), "
+        "2 wrong usage. Offsets > 0: the audio lags the video (syncnet_python's sign is the opposite; "
+        "both are printed).",
+    )
+    p.add_argument("videos", nargs="+", help="video files with a face and speech (any fps, any audio channels)")
+    p.add_argument(
+        "--syncnet-v2", default=None, help="syncnet_python's syncnet_v2.model (default: the project's expert)"
+    )
+    p.add_argument("--expert", default=None, help="the project's expert (default models/sync_expert/expert.pt)")
+    p.add_argument("--faces", choices=("speaking", "all"), default="speaking", help="the speaking face, or every face")
+    p.add_argument("--search", type=_positive_int, default=15, help="offsets searched: -N..N frames (default 15)")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.add_argument("-o", "--output", default=None, help="also write the results to this file")
+    p.set_defaults(func=_score)
     p = sub.add_parser("compare", help="MLflow runs side by side: params that differ, final metrics")
     p.add_argument("--experiment", default=None, help="experiment name (default: every synctalkface-* experiment)")
     p.add_argument("--stage", default=None, help="only runs of this stage (e.g. train_generator)")

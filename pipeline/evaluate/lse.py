@@ -205,13 +205,14 @@ class SyncNetV2Scorer:
     def __call__(self, video: str | Path, mel: np.ndarray | None = None) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             frames, mfcc, n_samples = video_inputs(video, tmp)
-        offset, dmin, conf, _ = lse_clip(self.model, frames, mfcc, self.search, self.batch, n_samples)
+        offset, dmin, conf, dists = lse_clip(self.model, frames, mfcc, self.search, self.batch, n_samples)
         return {
             "network": self.network,
             "offset": offset,
             "offset_syncnet_python": -offset,
             "min_dist": dmin,
             "confidence": conf,
+            "dists": [round(float(d), 6) for d in dists],
         }
 
 
@@ -234,26 +235,38 @@ class OwnExpertScorer:
         self.search = search
 
     def __call__(self, video: str | Path, mel: np.ndarray | None = None) -> dict:
-        import cv2
-
         from ..io.audio import melspectrogram
-        from ..nets.sync import clip_embeddings, estimate_offset, offset_distances
 
         frames = ffmpeg.read_frames(video)
+        if mel is None:
+            mel = melspectrogram(ffmpeg.read_audio(video, SAMPLE_RATE))
+        return self.score_frames(frames, mel, str(video))
+
+    def score_frames(self, frames: np.ndarray, mel: np.ndarray, what: str = "clip") -> dict:
+        """The same on aligned crops already in memory (uint8 [N, S, S, 3]) and their mel."""
+        import cv2
+
+        from ..nets.sync import clip_embeddings, estimate_offset, offset_distances
+
         size = self.model.img_size
         if frames.shape[1:3] != (size, size):
             frames = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in frames])
-        if mel is None:
-            mel = melspectrogram(ffmpeg.read_audio(video, SAMPLE_RATE))
         try:
             a, v = clip_embeddings(self.model, frames, mel, float(FPS))
         except ValueError as exc:
-            raise PipelineError(f"{video}: {exc}") from None
+            raise PipelineError(f"{what}: {exc}") from None
         dists = offset_distances(a, v, self.search)
         if np.isnan(dists).all():
-            raise PipelineError(f"{video}: too few windows for the offset search")
+            raise PipelineError(f"{what}: too few windows for the offset search")
         offset, conf, dmin = estimate_offset(dists, self.search)
-        return {"network": self.network, "offset": offset, "min_dist": dmin, "confidence": conf}
+        return {
+            "network": self.network,
+            "offset": offset,
+            "offset_syncnet_python": -offset,
+            "min_dist": dmin,
+            "confidence": conf,
+            "dists": [None if np.isnan(d) else round(float(d), 6) for d in dists],
+        }
 
 
 def make_scorer(

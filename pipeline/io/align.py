@@ -2,8 +2,9 @@
 inference (docs/design.md §4).
 
 The window of video frame i covers video frames i-2 .. i+2 (0.2 s at 25 fps) and mel frames
-[floor(80 * (i - 2) / fps), +16), as Wav2Lip's training indexed them; the 5-frame lip window is
-centred on the same frame. Frames whose window does not fit inside the clip are invalid: they
+[floor(80 * (i - 2) / fps), +16): the audio centred on the frame, as the 5-frame lip window is.
+Wav2Lip's expert used the same window; its generator's start one frame later in training and two
+in inference (docs/design.md §4). Frames whose window does not fit inside the clip are invalid: they
 are never padded silently.
 """
 

@@ -135,6 +135,42 @@ class FaceTracker:
         _fill(lms, found)
         return FaceTrack(lms, found, max_faces, longest)
 
+    def tracks(self, frames: np.ndarray, min_coverage: float = 0.5) -> list[FaceTrack]:
+        """Every face of the clip, each followed by position (a face is matched to the nearest
+        track within half its width, else starts a new one); tracks found in fewer than
+        `min_coverage` of the frames are dropped, gaps are filled. Left to right."""
+        t = len(frames)
+        if self._multi is None:
+            self._multi = self._new_mesh(self.max_faces)
+        mesh = self._multi
+        self._reset(mesh, frames.shape[1:3])
+        tracks: list[dict] = []  # landmarks [T, 468, 2], found [T], last centre, last size
+        most = 0
+        for i, frame in enumerate(frames):
+            faces = self.faces(mesh, frame)
+            most = max(most, len(faces))
+            taken = set()
+            for f in sorted(faces, key=lambda f: -np.ptp(f[:, 0])):
+                centre, size = f.mean(0), float(np.ptp(f[:, 0]))
+                free = [k for k in range(len(tracks)) if k not in taken]
+                dists = [np.linalg.norm(centre - tracks[k]["centre"]) for k in free]
+                if dists and min(dists) <= 0.5 * tracks[free[int(np.argmin(dists))]]["size"]:
+                    k = free[int(np.argmin(dists))]
+                else:
+                    tracks.append({"lms": np.full((t, N_LANDMARKS, 2), np.nan, np.float32), "found": np.zeros(t, bool)})
+                    k = len(tracks) - 1
+                tr = tracks[k]
+                tr["lms"][i], tr["found"][i], tr["centre"], tr["size"] = f, True, centre, size
+                taken.add(k)
+        out = []
+        for tr in tracks:
+            if tr["found"].mean() < min_coverage:
+                continue
+            longest = max((b - a for a, b in _runs(~tr["found"])), default=0)
+            _fill(tr["lms"], tr["found"])
+            out.append(FaceTrack(tr["lms"], tr["found"], most, longest))
+        return sorted(out, key=lambda tr: float(np.nanmean(tr.landmarks[..., 0])))
+
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     runs, start = [], None

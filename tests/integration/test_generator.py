@@ -519,7 +519,7 @@ def test_a_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoi
         calls.append(1)
         return (total * float("nan"), parts) if len(calls) > 2 else (total, parts)
 
-    monkeypatch.setattr(gen_stage, "generator_losses", poisoned)
+    monkeypatch.setattr(gen_step, "generator_losses", poisoned)
     work = tmp_path / "nan"
     work.mkdir()
     with pytest.raises(PipelineError, match=r"not finite at step 2.*last good checkpoint \(step 2\)"):

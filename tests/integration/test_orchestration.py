@@ -428,7 +428,7 @@ def test_a_killed_generator_continues_under_snakemake_and_under_dvc(tiny_run, tm
     assert smk.returncode != 0 and 2 <= killed_at < 24
     run(["snakemake", "--cores", "2", *until], repo_copy)
     log = (repo_copy / "logs/train_generator-memory.log").read_text()
-    assert f"at step {killed_at}" in log.split("resuming memory from")[1]
+    assert f"at step {killed_at}" in log.split("resuming train_generator (memory) from")[1]
     metrics = json.loads((repo_copy / "metrics/train_generator_memory.json").read_text())
     assert metrics["steps"] == 24
     assert jobs_planned(repo_copy) == {"evaluate", "demo", "report"}
@@ -451,7 +451,7 @@ def test_a_killed_generator_continues_under_snakemake_and_under_dvc(tiny_run, tm
     out = run(["dvc", "repro", "train_generator@memory"], repo_copy).stdout
     assert "Running stage 'train_generator@memory'" in out and "Running stage 'sync_check'" not in out
     log = (repo_copy / "logs/train_generator-memory.log").read_text()
-    assert f"at step {killed_at}" in log.split("resuming memory from")[-1]
+    assert f"at step {killed_at}" in log.split("resuming train_generator (memory) from")[-1]
     assert json.loads((repo_copy / "metrics/train_generator_memory.json").read_text())["steps"] == 24
     left = dvc_changed(repo_copy)
     assert "train_generator@memory" not in left and left <= {"evaluate", "demo", "report"}

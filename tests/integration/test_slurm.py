@@ -160,7 +160,7 @@ def test_preempted_training_checkpoints_requeues_and_ends_as_an_uninterrupted_ru
     # Snakemake clears a job's log before it runs it, so the log is the second start's
     log = (root / "logs/train_generator-memory.log").read_text()
     assert f"SLURM job {job} (restart 1" in log
-    resumed = re.findall(r"resuming memory from \S+ at step (\d+)", log)
+    resumed = re.findall(r"resuming train_generator \(memory\) from \S+ at step (\d+)", log)
     assert resumed and 2 <= int(resumed[0]) < 40, log[-2000:]
     assert json.loads((root / "metrics/train_generator_memory.json").read_text())["steps"] == 40
 

@@ -125,7 +125,7 @@ def test_stage_writes_model_metrics_plot_and_survives_sigterm(processed, tmp_pat
     stopped_at = loop.load_checkpoint(ckpt)["step"]
     assert 20 <= stopped_at < 60
     run_cli(["train_sync_expert", "--log", "re.log"], cwd=proj, check=True)
-    assert "resuming from" in (proj / "re.log").read_text()
+    assert "resuming train_sync_expert from" in (proj / "re.log").read_text()
     metrics = json.loads((proj / "metrics/train_sync_expert.json").read_text())
     assert metrics["steps"] == 60 and 0 <= metrics["val_acc"] <= 1
     for split in ("val", "test"):  # which way it errs (the accuracy mixes the two), and how well it ranks

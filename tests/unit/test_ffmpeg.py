@@ -67,3 +67,24 @@ def test_write_is_bit_exact(tmp_path, clip_factory):
     b = clip_factory(tmp_path / "x2.mp4", seed=3)
     assert a.read_bytes() == b.read_bytes()
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_stereo_is_averaged_to_mono_as_wav2lip_loads_it(tmp_path):
+    """Wav2Lip's load_wav (librosa.load) averages the channels, (L + R) / 2; ffmpeg's `-ac 1`
+    would weigh each by 0.707 (3 dB louder). Channels that differ show which one ran."""
+    import wave
+
+    t = np.arange(16000) / 16000
+    left = (0.5 * np.sin(2 * np.pi * 220 * t) * 32767).astype(np.int16)
+    right = (0.2 * np.sin(2 * np.pi * 530 * t) * 32767).astype(np.int16)
+    path = tmp_path / "stereo.wav"
+    with wave.open(str(path), "wb") as wf:
+        wf.setnchannels(2)
+        wf.setsampwidth(2)
+        wf.setframerate(16000)
+        wf.writeframes(np.stack([left, right], 1).tobytes())
+    got = ffmpeg.read_audio(path)
+    want = (left.astype(np.float32) / 32768 + right.astype(np.float32) / 32768) / 2
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert not np.allclose(got, want * np.sqrt(2), atol=1e-3)  # not ffmpeg's downmix
