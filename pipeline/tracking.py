@@ -41,9 +41,15 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{main_repo_root() / 'mlflow.db'}"
 
 
+# What can change a stage's result: the code, the workflow (rules, schema, presets), the params.
+# The outputs a run itself writes (metrics/, plots/, dvc.lock) and the docs do not make it dirty.
+RESULT_PATHS = ("pipeline", "workflow", "params.yaml", "dvc.yaml", "Snakefile", "pyproject.toml", "environment.yml")
+
+
 def git_state() -> dict[str, str]:
+    """The commit, and whether the working tree differs from it in what can change the result."""
     commit = _git("rev-parse", "HEAD") or "none"
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    dirty = _git("status", "--porcelain", "--untracked-files=no", "--", *RESULT_PATHS)
     return {"git_commit": commit, "git_dirty": str(bool(dirty)).lower() if dirty is not None else "unknown"}
 
 

@@ -38,3 +38,12 @@ def test_stage_runs_are_tracked_in_the_main_repos_store(tmp_path):
     assert idx.data.metrics["clips"] == 7 and idx.data.metrics["rejected"] == 0
     assert runs["acquire"].data.metrics["clips.train"] == 4
     assert exp.artifact_location.startswith((repo / "mlruns").as_uri())
+
+    # a run's own outputs and the docs changed in the tree: still clean; the code changed: dirty
+    for tracked in ("README.md", "dvc.lock"):
+        (wt / tracked).write_text((wt / tracked).read_text() + "\n")
+    run_cli(["index"], cwd=wt, env=env, check=True)
+    (wt / "pipeline/stages.py").write_text((wt / "pipeline/stages.py").read_text() + "\n")
+    run_cli(["index"], cwd=wt, env=env, check=True)
+    index_runs = client.search_runs([exp.experiment_id], "tags.stage = 'index'", order_by=["attributes.start_time ASC"])
+    assert [r.data.tags["git_dirty"] for r in index_runs] == ["false", "false", "true"]
