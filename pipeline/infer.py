@@ -7,7 +7,7 @@ file ffmpeg reads (wav/mp3/m4a, or a video's audio track), converted to 16 kHz m
 has one frame per 40 ms of audio: a shorter video plays forward then backward, a longer one is
 cut. Faces are tracked with mediapipe over the whole video and aligned exactly as preprocessing
 aligns them (pipeline.preprocess.crops, the same smoothing); each frame's mel window is the one
-training used (pipeline.io.align, through evaluate.generate.mel_windows); the generated crops are
+training used (pipeline.io.align, through nets.generate.mel_windows); the generated crops are
 warped back and pasted over the lower face with a feathered mask. Frames where the face is not
 found are copied through unchanged and counted. Written as H.264 + AAC at 25 fps, atomically.
 """

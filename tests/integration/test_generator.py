@@ -480,11 +480,11 @@ def test_the_gan_weight_ramps_up_after_its_warm_up(in_expert_project, tmp_path):
 
 def test_stage_starts_the_audio_encoder_from_the_expert_when_asked(in_expert_project):
     from pipeline import paths
-    from pipeline.nets import expert as expert_io
+    from pipeline.nets.expert import load_expert
 
     _, params = in_expert_project
     rt = loop.worker_setup(False, 0, 1)
-    expert = expert_io.load_expert(paths.model_dir("sync_expert") / "expert.pt")
+    expert = load_expert(paths.model_dir("sync_expert") / "expert.pt")
     width = expert.config()["width"]
     theirs = expert.audio_encoder.state_dict()
     ts = gen_step.TrainState(tiny_view(params, width=width, audio_init="expert"), "memory", rt, expert)

@@ -8,7 +8,7 @@ import torch
 
 from pipeline.errors import PipelineError
 from pipeline.models.syncnet import SyncNet, in_batch_contrastive, sync_bce, sync_probability
-from pipeline.nets import expert as expert_io
+from pipeline.nets import expert
 from pipeline.train.sync_expert import import_pretrained
 
 # Wav2Lip's SyncNet_color, restated as (cin, cout, kernel) per block: the layout its
@@ -94,8 +94,8 @@ def test_a_wider_audio_encoder_maps_to_the_face_embedding_and_survives_its_check
     with torch.no_grad():
         a, v = model(mel, faces)
     assert a.shape == v.shape == (2, 128)
-    torch.save(expert_io.package_expert(model, 5, {}), tmp_path / "expert.pt")
-    loaded = expert_io.load_expert(tmp_path / "expert.pt")
+    torch.save(expert.package_expert(model, 5, {}), tmp_path / "expert.pt")
+    loaded = expert.load_expert(tmp_path / "expert.pt")
     assert loaded.config() == model.config() and loaded.config()["audio_width"] == 0.5
     with torch.no_grad():
         assert torch.equal(loaded(mel, faces)[0], a)
@@ -105,7 +105,7 @@ def test_a_wider_audio_encoder_maps_to_the_face_embedding_and_survives_its_check
 def test_wav2lip_expert_loads_strict_and_converts_rgb_to_bgr(tmp_path):
     ckpt = tmp_path / "lipsync_expert.pth"
     sd = wav2lip_checkpoint(ckpt)
-    model = expert_io.import_wav2lip(ckpt).eval()
+    model = expert.import_wav2lip(ckpt).eval()
     assert set(model.state_dict()) == {k[len("module.") :] for k in sd}
     assert model.input_channels == "bgr"
     torch.manual_seed(0)
@@ -121,7 +121,7 @@ def test_wav2lip_expert_loads_strict_and_converts_rgb_to_bgr(tmp_path):
 
     out = tmp_path / "models" / "sync_expert"
     import_pretrained(ckpt, out, 96)
-    frozen = expert_io.load_expert(out / "expert.pt")
+    frozen = expert.load_expert(out / "expert.pt")
     assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
     with torch.no_grad():
         assert torch.allclose(frozen(mel, faces_rgb)[1], v, atol=1e-6)
@@ -133,11 +133,11 @@ def test_wrong_layout_is_refused(tmp_path):
     bad = tmp_path / "bad.pth"
     torch.save({"state_dict": {"module.face_encoder.0.weight": torch.zeros(1)}}, bad)
     with pytest.raises(PipelineError, match="not Wav2Lip's SyncNet_color layout"):
-        expert_io.import_wav2lip(bad)
+        expert.import_wav2lip(bad)
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(PipelineError, match="cannot be read"):
-        expert_io.import_wav2lip(junk)
+        expert.import_wav2lip(junk)
 
 
 def test_import_expert_command_sets_params(tmp_path):
