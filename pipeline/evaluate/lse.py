@@ -193,6 +193,19 @@ def lse_clip(
     return offset_scores(v, a, search)
 
 
+def scores(network: str, offset: int, min_dist: float, confidence: float, dists) -> dict:
+    """A scorer's result: the offset in both signs, LSE-D, LSE-C and the mean distance at every
+    offset (None where too few windows overlap)."""
+    return {
+        "network": network,
+        "offset": offset,
+        "offset_syncnet_python": -offset,
+        "min_dist": min_dist,
+        "confidence": confidence,
+        "dists": [None if np.isnan(d) else round(float(d), 6) for d in dists],
+    }
+
+
 class SyncNetV2Scorer:
     """LSE of a video file by the original SyncNet: `scorer(path) -> dict` (mel is ignored)."""
 
@@ -206,14 +219,7 @@ class SyncNetV2Scorer:
         with tempfile.TemporaryDirectory() as tmp:
             frames, mfcc, n_samples = video_inputs(video, tmp)
         offset, dmin, conf, dists = lse_clip(self.model, frames, mfcc, self.search, self.batch, n_samples)
-        return {
-            "network": self.network,
-            "offset": offset,
-            "offset_syncnet_python": -offset,
-            "min_dist": dmin,
-            "confidence": conf,
-            "dists": [round(float(d), 6) for d in dists],
-        }
+        return scores(self.network, offset, dmin, conf, dists)
 
 
 class OwnExpertScorer:
@@ -259,14 +265,7 @@ class OwnExpertScorer:
         if np.isnan(dists).all():
             raise PipelineError(f"{what}: too few windows for the offset search")
         offset, conf, dmin = estimate_offset(dists, self.search)
-        return {
-            "network": self.network,
-            "offset": offset,
-            "offset_syncnet_python": -offset,
-            "min_dist": dmin,
-            "confidence": conf,
-            "dists": [None if np.isnan(d) else round(float(d), 6) for d in dists],
-        }
+        return scores(self.network, offset, dmin, conf, dists)
 
 
 def make_scorer(
