@@ -26,7 +26,8 @@ from ..runtime import atomic_folder, write_json_atomic
 from ..stages import StageContext
 
 ANCHORS = Path(__file__).with_name("anchors.yaml")
-SHOWN = ["psnr", "ssim", "psnr_mouth", "ssim_mouth", "lmd", "lse_d", "lse_c", "offset_abs"]
+SHOWN = ["psnr", "ssim", "psnr_mouth", "ssim_mouth", "lmd", "sharpness_mouth", "fid", "fid_mouth", "lse_d", "lse_c"]
+SHOWN += ["offset_abs"]
 
 
 def _plt():
@@ -137,7 +138,16 @@ def run(view: dict, ctx: StageContext) -> dict:
                 f"<p>LSE-D/LSE-C scored by <b>{html.escape(network)}</b>"
                 f"{' (the project’s own sync expert: not the published SyncNet v2, so not comparable with papers)' if network != 'syncnet_v2' else ''}; "
                 "LMD on mediapipe face-mesh lip points (40 points, crop pixels); PSNR/SSIM on aligned crops, "
-                "whole and mouth region. Lower is better for LMD and LSE-D, higher for the rest. "
+                "whole and mouth region; <i>sharpness_mouth</i> the variance of the Laplacian in the mouth region "
+                "(no reference: a blurred mouth scores low, but noise scores high too, so read it against the "
+                "ground-truth row). "
+                + (
+                    "<i>fid</i>, <i>fid_mouth</i>: FID against the ground truth's frames (FID's Inception, pytorch-fid's "
+                    "weights file), whole crop and mouth region, over every test frame. "
+                    if "fid" in table
+                    else "FID is not computed: <code>evaluate.inception</code> names no Inception weights file. "
+                )
+                + "Lower is better for LMD, FID and LSE-D, higher for PSNR, SSIM and LSE-C. "
                 f"{int(table.clips.iloc[0])} test clips.</p>"
                 + _table(shown)
                 + "<p class='why'>PSNR is capped at 100 dB for identical frames (the ground-truth row).</p>"
@@ -151,13 +161,13 @@ def run(view: dict, ctx: StageContext) -> dict:
         cross_path = eval_dir / "eval_table_cross_audio.csv"
         if cross_path.is_file():
             cross = pd.read_csv(cross_path).set_index("system")
-            shown_cross = cross[[c for c in ("lse_d", "lse_c", "offset_abs", "pairs") if c in cross]]
+            shown_cross = cross[[c for c in ("sharpness_mouth", "lse_d", "lse_c", "offset_abs", "pairs") if c in cross]]
             sections.append(
                 (
                     "Cross-audio: faces driven by other clips' speech",
                     (
                         f"<p>{int(cross.pairs.iloc[0])} pairs (a face clip, another clip's audio; cut to the shorter). No ground "
-                        "truth exists for these videos, so only LSE is measured; <i>ground_truth</i> is the untouched face with the "
+                        "truth exists for these videos, so only LSE and the mouth's sharpness are measured; <i>ground_truth</i> is the untouched face with the "
                         "foreign audio, i.e. what no lip-sync scores, and <i>composite</i> the reference-mouth copy. This is the "
                         "protocol of Wav2Lip's LRS2 test pairs and the harder test of lip-sync: reconstruction lets a "
                         f"model copy the mouth it sees. LSE by <b>{html.escape(str(cross.lse_network.iloc[0]))}</b>.</p>"

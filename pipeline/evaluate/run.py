@@ -7,16 +7,19 @@ since generated clips can score better than real ones on LSE), `composite` (the 
 half with the reference's lower half: a generator that ignores the audio), and every trained
 generator variant. Each test clip is generated from its own audio with references from the same
 clip (half a clip away). Per system: PSNR and SSIM of the crop and of the mouth region, LMD
-(mediapipe lip points, crop pixels), and LSE-D / LSE-C on the system's video file (H.264 at
+(mediapipe lip points, crop pixels), the mouth region's sharpness (variance of the Laplacian,
+pipeline.nets.metrics: no reference needed), FID against the ground truth's frames (whole crop
+and mouth region, over every test clip's frames, when `evaluate.inception` gives FID's Inception
+weights; else not computed, and the log says so) and LSE-D / LSE-C on the system's video file (H.264 at
 25 fps with the clip's audio), by SyncNet v2 when `evaluate.syncnet_v2` names the public
 weights, else by the project's own expert; every output names the network.
 
 Protocol `cross_audio` (when `evaluate.pairs` is set): each pair's face clip driven by another
 clip's speech, as Wav2Lip's LRS2 test pairs (a file of `AUDIO_CLIP VIDEO_CLIP` lines, Wav2Lip's
 order; `auto` pairs every test clip with the next one's audio). There is no ground truth for
-such a video, so only LSE-D/LSE-C are measured; the `ground_truth` row is the untouched face clip
-with the foreign audio (what no lip-sync scores) and `composite` the reference-mouth copy. Both
-clips are cut to the shorter one.
+such a video, so only LSE-D/LSE-C and the mouth's sharpness are measured; the `ground_truth` row
+is the untouched face clip with the foreign audio (what no lip-sync scores) and `composite` the
+reference-mouth copy. Both clips are cut to the shorter one.
 """
 
 from __future__ import annotations
@@ -32,17 +35,20 @@ import torch
 from .. import paths, tracking
 from ..errors import PipelineError
 from ..io.store import Store
+from ..models.inception import WEIGHTS_FILE, load_fid_inception
 from ..nets.expert import load_expert
 from ..nets.generate import load_generator
+from ..nets.metrics import frechet_distance
 from ..runtime import atomic_folder, threads, write_json_atomic
 from ..runtime import workers as runtime_workers
 from ..stages import StageContext
 from . import lse
-from .scoring import score_all
+from .scoring import FID_KEYS, score_all
 
 log = logging.getLogger("pipeline.evaluate")
-METRICS = ["psnr", "ssim", "psnr_mouth", "ssim_mouth", "lmd", "lse_d", "lse_c"]
-CROSS_METRICS = ["lse_d", "lse_c"]
+METRICS = ["psnr", "ssim", "psnr_mouth", "ssim_mouth", "lmd", "sharpness_mouth", "lse_d", "lse_c"]
+CROSS_METRICS = ["sharpness_mouth", "lse_d", "lse_c"]
+FID_METRICS = ("fid", "fid_mouth")  # with evaluate.inception
 
 
 def cross_pairs(spec: str | None, store: Store, clips: pd.DataFrame) -> list[tuple[str, str]]:
@@ -140,16 +146,26 @@ def run(view: dict, ctx: StageContext) -> dict:
     systems = systems_for(view)
     scorer_args = (cfg["syncnet_v2"], paths.model_dir("sync_expert") / "expert.pt", device, cfg["lse_search"])
     scorer = lse.make_scorer(*scorer_args)  # here too: a missing or bad network stops the stage before any work
+    inception = Path(cfg["inception"]) if cfg["inception"] else None
+    if inception is not None:
+        load_fid_inception(inception)  # a missing or wrong weights file stops the stage before any work
+    else:
+        log.info(
+            "evaluate: FID not computed: evaluate.inception names no weights file (pytorch-fid's %s)", WEIGHTS_FILE
+        )
     out_dir = paths.eval_dir()
     with atomic_folder(out_dir) as tmp_out:
         (tmp_out / "samples").mkdir(parents=True)
         workers = min(runtime_workers(cfg["workers"]), len(clips) + len(pairs)) if device.type == "cpu" else 1
         rows, cross_rows = score_all(
-            ds, store, clips, pairs, systems, scorer_args, tmp_out / "samples", cfg["sample_videos"], workers
+            ds, store, clips, pairs, systems, scorer_args, tmp_out / "samples", cfg["sample_videos"], workers, inception
         )
+        fid = fid_table(rows) if inception is not None else None
         log.info("evaluate: %d clips and %d cross_audio pairs in %d process(es)", len(clips), len(pairs), workers)
         per_clip = pd.DataFrame(rows)
         table = per_clip.groupby("system", sort=False)[METRICS + ["offset", "lmd_frames"]].mean()
+        if fid is not None:
+            table = table.join(fid)
         table["offset_abs"] = per_clip.assign(o=per_clip.offset.abs()).groupby("system", sort=False).o.mean()
         table["clips"] = per_clip.groupby("system", sort=False).size()
         table["lse_network"] = scorer.network
@@ -176,8 +192,9 @@ def run(view: dict, ctx: StageContext) -> dict:
         memory if memory is not None else {"skipped": "generator.variants has no memory variant"},
     )
     metrics = {"clips": len(clips), "flagged_by_sync_check": excluded, "lse_network": scorer.network}
+    shown = METRICS + ["offset_abs"] + (list(FID_METRICS) if fid is not None else [])
     for system, r in table.iterrows():
-        for m in METRICS + ["offset_abs"]:  # null where undefined (LMD: no face found in the output)
+        for m in shown:  # null where undefined (LMD: no face found in the output)
             metrics[f"{system}_{m}"] = float(r[m]) if np.isfinite(r[m]) else None
     if cross_table is not None:
         metrics["cross_audio_pairs"] = len(pairs)
@@ -202,6 +219,21 @@ def run(view: dict, ctx: StageContext) -> dict:
     if cross_table is not None:
         log.info("cross_audio (%d pairs):\n%s", len(pairs), cross_table.to_string(float_format=lambda v: f"{v:.3f}"))
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def fid_table(rows: list[dict]) -> pd.DataFrame:
+    """FID of every system's frames against the ground truth's, over all test clips' frames, whole
+    crop and mouth region (pipeline.nets.metrics). Takes the features out of the rows."""
+    feats: dict[str, dict[str, list]] = {}
+    for r in rows:
+        for key, metric in zip(FID_KEYS, FID_METRICS):
+            feats.setdefault(r["system"], {}).setdefault(metric, []).append(r.pop(key))
+    truth = {m: np.concatenate(f) for m, f in feats["ground_truth"].items()}
+    out = {
+        system: {m: frechet_distance(np.concatenate(f), truth[m]) for m, f in by_metric.items()}
+        for system, by_metric in feats.items()
+    }
+    return pd.DataFrame.from_dict(out, orient="index")
 
 
 def split_clips(view: dict, store: Store, split: str) -> pd.DataFrame:

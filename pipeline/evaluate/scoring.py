@@ -1,7 +1,7 @@
 """Scoring the evaluate stage's systems clip by clip, in this process or in worker processes:
-protocol `reconstruction` (every test clip from its own audio: PSNR, SSIM, LMD, LSE) and
-`cross_audio` (a face clip driven by another clip's speech: LSE). The stage itself, its tables
-and the protocols' definitions: pipeline/evaluate/run.py.
+protocol `reconstruction` (every test clip from its own audio: PSNR, SSIM, LMD, sharpness, LSE,
+FID's features) and `cross_audio` (a face clip driven by another clip's speech: LSE, sharpness).
+The stage itself, its tables and the protocols' definitions: pipeline/evaluate/run.py.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from ..io import ffmpeg
 from ..io.align import FPS
 from ..io.audio import SAMPLE_RATE
 from ..io.store import Store
+from ..models.inception import load_fid_inception
 from ..nets import generate as gen
 from ..nets.generate import load_generator
-from ..nets.metrics import mouth, psnr_frames, ssim_frames
+from ..nets.metrics import fid_features, mouth, psnr_frames, sharpness, ssim_frames
 from ..runtime import thread_env
 from . import lse
 from .landmarks import MouthLandmarks, lmd
@@ -36,6 +37,7 @@ def clip_audio(row, raw_root: Path | None) -> np.ndarray:
     return np.pad(wav, (0, max(0, n - len(wav))))[:n].astype(np.float32)
 
 
+FID_KEYS = ("_fid_crop", "_fid_mouth")  # per-frame FID features of a row's frames
 _CTX: dict = {}  # what every clip's scoring needs, in this process or in each worker process
 
 
@@ -49,11 +51,14 @@ def score_all(
     samples: Path,
     sample_videos: int,
     workers: int = 1,
+    inception: Path | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """Per-system rows of every test clip (protocol reconstruction) and of every cross_audio pair,
     in clip and pair order whatever the number of worker processes; the first `sample_videos`
     of each protocol also leave a side-by-side video in `samples`. `systems`: name -> generator
     checkpoint (None: ground_truth and composite); `scorer_args`: lse.make_scorer's arguments.
+    With `inception` (FID's weights file) each reconstruction row also carries the FID features of
+    its frames, whole crop and mouth region, under the keys FID_KEYS (arrays, not table columns).
 
     With workers > 1 the clips are shared among that many processes of one torch thread each (a
     clip's work is mostly single-threaded: ffmpeg, the face mesh, small convolutions). They
@@ -75,6 +80,7 @@ def score_all(
             "tmp": Path(tmp),
             "samples": Path(samples),
             "sample_videos": sample_videos,
+            "inception": inception,
             "video_paths": pd.read_parquet(paths.manifest(dataset)).set_index("clip_id").video_path,
             "n_frames": store.index.set_index("clip_id").n_frames,
         }
@@ -116,6 +122,7 @@ def _init(payload: dict, threads: int | None) -> None:
             marks=MouthLandmarks(),
             scorer=lse.make_scorer(*payload["scorer_args"]),
             models={n: load_generator(p, device) for n, p in payload["systems"].items() if p is not None},
+            fid_net=load_fid_inception(payload["inception"], device) if payload["inception"] else None,
         )
     except Exception as exc:
         if not threads:
@@ -163,11 +170,14 @@ def _reconstruction(k: int, row) -> list[dict]:
                 "ssim_mouth": float(ssim_frames(mouth(fake), mouth(frames)).mean()),
                 "lmd": dist,
                 "lmd_frames": used,
+                "sharpness_mouth": float(sharpness(mouth(fake)).mean()),
                 "lse_d": sync["min_dist"],
                 "lse_c": sync["confidence"],
                 "offset": sync["offset"],
             }
         )
+        if c["fid_net"] is not None:
+            rows[-1].update(zip(FID_KEYS, (fid_features(c["fid_net"], fake), fid_features(c["fid_net"], mouth(fake)))))
     if k < c["sample_videos"]:
         side = np.concatenate(list(outputs.values()), axis=2)
         ffmpeg.write_mp4(c["samples"] / f"{row.clip_id.replace('/', '_')}.mp4", side, FPS, audio, SAMPLE_RATE)
@@ -197,6 +207,7 @@ def _cross_audio(k: int, audio_id: str, video_id: str) -> list[dict]:
                 "audio_clip": audio_id,
                 "video_clip": video_id,
                 "system": name,
+                "sharpness_mouth": float(sharpness(mouth(fake)).mean()),
                 "lse_d": sync["min_dist"],
                 "lse_c": sync["confidence"],
                 "offset": sync["offset"],

@@ -1,12 +1,18 @@
-"""A sync expert's verdict on a clip: the offset search of syncnet_python, on this project's expert.
+"""A sync expert's verdict on a clip: syncnet_python's offset search, on this project's expert.
 
 For each clip the expert embeds every valid audio window and every valid 5-frame face window
-(pipeline.io.align's mapping); for each shift o in -search..+search the mean cosine distance
-between audio window i and face window i + o is computed over the windows both sides have (never
-padded). The clip's offset is minus the best shift, so a positive offset means the audio lags the
-video (audio delayed by 5 frames -> offset +5); confidence is median minus minimum distance, as
-SyncNet's evaluation defines it. Used by the sync_check stage, the generator's final check, the
-memory analysis and LSE with the project's expert.
+(pipeline.io.align's mapping). For each shift o in -search..+search the distance is the mean,
+over all N audio windows, of the cosine distance between audio window i and face window i + o;
+a window whose partner falls outside the clip counts as distance 1, the cosine distance to the
+zero vector that syncnet_python's calc_pdist pads with. (Averaging over the overlap only lets a
+large shift win on the few windows it keeps: it finds fewer known shifts on clips of another
+recipe, docs/experiments/2026-12-06-unseen-offsets.md.)
+The clip's offset is minus the best shift, so a positive offset means the audio lags the video
+(audio delayed by 5 frames -> offset +5); confidence is median minus minimum distance, as
+SyncNet's evaluation defines it. `rival_gap` says how clearly the best shift beats the best
+other candidate: the confidence does not (speech with a regular rhythm has several minima).
+Used by the sync_check stage, the generator's final check, the memory analysis, LSE with the
+project's expert and `score`.
 """
 
 from __future__ import annotations
@@ -15,6 +21,12 @@ import numpy as np
 import torch
 
 from ..io import align
+
+PAD_DISTANCE = 1.0  # cosine distance to a zero vector
+RIVAL_SPAN = 3  # frames: a rival minimum is at least this far from the best
+# rival_gap below this: two shifts fit about as well (chosen on clips of another recipe:
+# docs/experiments/2026-12-06-unseen-offsets.md)
+UNCERTAIN_GAP = 0.15
 
 
 @torch.no_grad()
@@ -39,14 +51,15 @@ def clip_embeddings(model, frames: np.ndarray, mel: np.ndarray, fps: float = 25.
 
 
 def offset_distances(a: np.ndarray, v: np.ndarray, search: int = 15, min_overlap: int = 3) -> np.ndarray:
-    """Mean cosine distance between audio window i and face window i + o, for o = -search..search
-    (nan where fewer than min_overlap windows overlap)."""
+    """Mean cosine distance between audio window i and face window i + o over all audio windows,
+    for o = -search..search; a window without a partner counts 1 (syncnet_python's zero padding).
+    nan where fewer than min_overlap windows have a partner."""
     n = len(a)
     out = np.full(2 * search + 1, np.nan)
     for k, o in enumerate(range(-search, search + 1)):
         i = np.arange(max(0, -o), min(n, n - o))
         if len(i) >= min_overlap:
-            out[k] = float(np.mean(1.0 - (a[i] * v[i + o]).sum(1)))
+            out[k] = float((np.sum(1.0 - (a[i] * v[i + o]).sum(1)) + (n - len(i)) * PAD_DISTANCE) / n)
     return out
 
 
@@ -55,6 +68,23 @@ def estimate_offset(dists: np.ndarray, search: int = 15) -> tuple[int, float, fl
     k = int(np.nanargmin(dists))
     shift = k - search
     return -shift, float(np.nanmedian(dists) - dists[k]), float(dists[k])
+
+
+def rival_gap(dists: np.ndarray) -> float:
+    """How much worse the best rival shift is than the best one, in units of the confidence
+    (median - minimum): the lowest local minimum at least RIVAL_SPAN frames from the best, minus
+    the best, divided by the confidence. Scale-free, so the same for any network's distances;
+    1.0 when there is no rival. Below UNCERTAIN_GAP the offset is a guess between candidates."""
+    d = np.where(np.isnan(dists), np.inf, dists)
+    k = int(np.argmin(d))
+    conf = float(np.nanmedian(dists) - d[k])
+    left, right = np.r_[np.inf, d[:-1]], np.r_[d[1:], np.inf]
+    rivals = [
+        d[j] for j in range(len(d)) if abs(j - k) >= RIVAL_SPAN and np.isfinite(d[j]) and d[j] <= min(left[j], right[j])
+    ]
+    if not rivals or conf <= 0:
+        return 1.0
+    return float(min(1.0, (min(rivals) - d[k]) / conf))
 
 
 def sync_of(expert, frames: np.ndarray, mel: np.ndarray, search: int = 15) -> tuple[int, float, float]:

@@ -16,7 +16,7 @@ from .. import paths
 from ..errors import PipelineError
 from ..io.store import Store
 from ..nets.expert import load_expert
-from ..nets.sync import clip_embeddings, estimate_offset, offset_distances
+from ..nets.sync import UNCERTAIN_GAP, clip_embeddings, estimate_offset, offset_distances, rival_gap
 from ..runtime import atomic_file, threads, write_json_atomic, write_parquet_atomic
 from ..stages import StageContext
 
@@ -56,6 +56,7 @@ def run(view: dict, ctx: StageContext) -> dict:
                 "offset": offset,
                 "confidence": conf,
                 "min_dist": dmin,
+                "rival_gap": rival_gap(d),
                 "excluded": bool(reasons),
                 "reason": "; ".join(reasons),
             }
@@ -71,6 +72,7 @@ def run(view: dict, ctx: StageContext) -> dict:
         "in_sync_fraction": float((table.offset == 0).mean()),
         "within_max_offset_fraction": float((table.offset.abs() <= cfg["max_offset"]).mean()),
         "median_confidence": float(table.confidence.median()),
+        "uncertain_fraction": float((table.rival_gap < UNCERTAIN_GAP).mean()),
     }
     for split in sorted(set(table.split)):
         metrics[f"excluded_{split}"] = int(table[table.split == split].excluded.sum())

@@ -37,6 +37,22 @@ def test_psnr_ssim_agree_with_scikit_image_on_random_and_real_frames(processed):
         assert abs(metrics.psnr(a, b) - peak_signal_noise_ratio(a, b, data_range=255)) < 1e-4
 
 
+def test_mouth_sharpness_is_opencvs_laplacian_variance_and_falls_with_blur(processed):
+    import cv2
+
+    work, _ = processed
+    store = Store(work / "data/processed/lrw")
+    mouths = metrics.mouth(store.frames(store.index.clip_id[0])[:4])
+    got = metrics.sharpness(mouths)
+    for m, value in zip(mouths, got):
+        luma = m.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        lap = cv2.Laplacian(luma, cv2.CV_64F, ksize=1)[1:-1, 1:-1]  # interior: no border rule
+        assert value == pytest.approx(lap.var(), rel=1e-9)
+    blurred = metrics.sharpness(np.stack([cv2.GaussianBlur(m, (0, 0), 1.0) for m in mouths]))
+    assert (blurred < 0.6 * got).all()
+    assert metrics.sharpness(np.full((1, 20, 20, 3), 128, np.uint8))[0] == 0.0
+
+
 def test_lmd_is_zero_on_identical_frames_and_grows_with_a_moved_mouth(processed):
     from pipeline.evaluate.landmarks import MouthLandmarks, lmd
 
@@ -65,7 +81,7 @@ def test_evaluate_writes_every_metric_for_every_system(evaluated):
     n_test = params["data"]["embedded"]["test_clips"]
     assert m["lse_network"] == "own_expert" and m["clips"] == n_test and m["flagged_by_sync_check"] == 0
     for system in ("ground_truth", "composite", "memory", "no_memory"):
-        for metric in ("psnr", "ssim", "psnr_mouth", "ssim_mouth", "lmd", "lse_d", "lse_c"):
+        for metric in ("psnr", "ssim", "psnr_mouth", "ssim_mouth", "lmd", "sharpness_mouth", "lse_d", "lse_c"):
             assert f"{system}_{metric}" in m, (system, metric)
             # a few training steps make no face the mesh can find: LMD is null there, never made up
             if metric != "lmd" or system in ("ground_truth", "composite"):
@@ -73,6 +89,7 @@ def test_evaluate_writes_every_metric_for_every_system(evaluated):
     assert m["ground_truth_psnr"] == 100.0 and m["ground_truth_ssim"] == pytest.approx(1.0)
     assert m["ground_truth_lmd"] == 0.0
     assert m["composite_psnr_mouth"] < 100 and m["composite_lmd"] > 0
+    assert m["ground_truth_sharpness_mouth"] > 0
     table = pd.read_csv(proj / "reports/eval/eval_table.csv")
     assert list(table.system) == ["ground_truth", "composite", "memory", "no_memory"]
     assert set(table.lse_network) == {"own_expert"}
@@ -84,7 +101,7 @@ def test_evaluate_writes_every_metric_for_every_system(evaluated):
     # cross_audio (pairs: auto): every test clip's face with the next clip's speech, LSE only
     assert m["cross_audio_pairs"] == n_test
     for system in ("ground_truth", "composite", "memory", "no_memory"):
-        for metric in ("lse_d", "lse_c", "offset_abs"):
+        for metric in ("sharpness_mouth", "lse_d", "lse_c", "offset_abs"):
             assert np.isfinite(m[f"cross_audio_{system}_{metric}"]), (system, metric)
         assert f"cross_audio_{system}_psnr" not in m  # no ground truth for a foreign-audio video
     pairs = pd.read_csv(proj / "reports/eval/per_pair_cross_audio.csv")
@@ -141,6 +158,41 @@ def test_scoring_in_worker_processes_gives_the_rows_of_one_process(evaluated, tm
     for workers in (1, 2):
         with pytest.raises(PipelineError, match="generator.pt: cannot be read"):
             score_all("embedded", store, clips, pairs, {**systems, "memory": bad}, scorer_args, tmp_path, 0, workers)
+
+
+def test_fid_of_each_system_against_the_ground_truth_with_a_built_weights_file(evaluated, tmp_path, monkeypatch):
+    """evaluate.inception set: each reconstruction row carries its frames' FID features, and the
+    table's FID is the Frechet distance of each system's frames to the ground truth's (0 for the
+    ground truth itself). The weights are FID's Inception with random values, saved as
+    pytorch-fid's file is; the real file is the user's (docs/method.md)."""
+    import torch
+
+    from pipeline import paths
+    from pipeline.evaluate.run import fid_table, score_all, test_clips
+    from pipeline.evaluate.scoring import FID_KEYS
+    from pipeline.models.inception import FIDInception
+
+    proj, params = evaluated
+    monkeypatch.chdir(proj)
+    torch.manual_seed(0)
+    weights = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    torch.save(dict(FIDInception().state_dict()), weights)
+    store = Store(paths.processed_dir("embedded"))
+    clips = test_clips(params, store)[0].head(1)
+    scorer_args = (None, paths.model_dir("sync_expert") / "expert.pt", "cpu", 15)
+    systems = {"ground_truth": None, "composite": None}
+    rows, _ = score_all("embedded", store, clips, [], systems, scorer_args, tmp_path, 0, 1, weights)
+    n = int(clips.n_frames.iloc[0])
+    feats = {r["system"]: (r[FID_KEYS[0]], r[FID_KEYS[1]]) for r in rows}
+    assert feats["composite"][0].shape == (n, 2048) and feats["composite"][1].shape == (n, 2048)
+    table = fid_table(rows)
+    assert not any(k in r for r in rows for k in FID_KEYS)  # taken out of the rows: not table columns
+    assert table.loc["ground_truth", "fid"] == pytest.approx(0.0, abs=1e-6)
+    assert table.loc["composite", "fid"] == pytest.approx(metrics.frechet_distance(*(feats[s][0] for s in systems)))
+    assert table.loc["composite", "fid_mouth"] == pytest.approx(
+        metrics.frechet_distance(*(feats[s][1] for s in systems))
+    )
+    assert np.abs(feats["composite"][1] - feats["ground_truth"][1]).max() > 0  # features of other frames
 
 
 def test_cross_audio_pair_lists_name_clips_by_id_or_tail_and_bad_lines_are_named(processed, tmp_path):

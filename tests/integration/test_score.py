@@ -40,7 +40,7 @@ def test_score_finds_the_offset_and_names_every_bad_file(expert_project, tmp_pat
     assert rows[original]["offset"] == 0 and rows[original]["network"] == "own_expert"
     assert rows[delayed]["offset"] == 5 and rows[delayed]["offset_syncnet_python"] == -5  # audio 5 frames late
     for r in rows.values():
-        assert r["faces"] == 1 and r["speaking"] and not r["at_search_edge"]
+        assert r["faces"] == 1 and r["speaking"] and not r["at_search_edge"] and not r["uncertain"]
         assert len(r["dists"]) == 31 and min(d for d in r["dists"] if d is not None) == pytest.approx(
             r["lse_d"], abs=1e-6
         )

@@ -1,0 +1,65 @@
+"""The project expert's offset search (pipeline.nets.sync): syncnet_python's padding, the rival gap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.nets.sync import UNCERTAIN_GAP, estimate_offset, offset_distances, rival_gap
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_windows_without_a_partner_count_as_syncnet_pythons_zero_padding():
+    """Every face window is 0.6-similar to its own audio window (cosine distance 0.4), except 8
+    that copy the audio 12 windows earlier. Over the overlap only, shift 12's few perfect pairs
+    would win (its other windows drop out); counted over all 25 windows, with distance 1 where the
+    partner is missing as syncnet_python's zero padding gives, the clip is in sync."""
+    rng = np.random.default_rng(0)
+    n, dim = 25, 64
+    a = unit(rng.normal(size=(n, dim)))
+    noise = unit(rng.normal(size=(n, dim)))
+    noise = unit(noise - (noise * a).sum(1, keepdims=True) * a)  # orthogonal to a
+    v = 0.6 * a + 0.8 * noise
+    v[12:20] = a[0:8]
+    d = offset_distances(a, v, search=15)
+    i = np.arange(0, n - 12)
+    overlap_only = np.mean(1.0 - (a[i] * v[i + 12]).sum(1))
+    assert overlap_only < d[15]  # the shift that wins over the overlap only
+    assert d[15 + 12] == pytest.approx((np.sum(1.0 - (a[i] * v[i + 12]).sum(1)) + 12) / n)
+    assert estimate_offset(d, 15)[0] == 0
+    assert d[15] == pytest.approx((17 * 0.4 + np.sum(1.0 - (a[12:20] * v[12:20]).sum(1))) / n)
+
+
+def test_too_little_overlap_is_no_evidence():
+    a = unit(np.random.default_rng(1).normal(size=(6, 8)))
+    d = offset_distances(a, a, search=5, min_overlap=3)
+    assert np.isnan(d[:2]).all() and np.isnan(d[-2:]).all() and not np.isnan(d[2:-2]).any()
+
+
+def curve(minima: dict[int, float], n: int = 31) -> np.ndarray:
+    """A distance curve of 0.9 with V-shaped dips at the given indices."""
+    d = np.full(n, 0.9)
+    for k, depth in minima.items():
+        for j in range(n):
+            d[j] = min(d[j], depth + 0.1 * abs(j - k))
+    return d
+
+
+def test_rival_gap_tells_two_equal_minima_from_one():
+    assert rival_gap(curve({15: 0.3})) == 1.0  # no rival
+    c = curve({15: 0.3, 26: 0.31})
+    two = rival_gap(c)
+    assert two < UNCERTAIN_GAP and two == pytest.approx(0.01 / (np.median(c) - 0.3))  # in units of LSE-C
+    assert rival_gap(curve({15: 0.3, 26: 0.6})) > UNCERTAIN_GAP
+    near = curve({15: 0.3})
+    near[17] = 0.31  # a dip 2 frames away is the same minimum's shoulder, not a rival
+    assert rival_gap(near) == 1.0
+    edge = curve({15: 0.3})
+    edge[0] = 0.305  # the curve's end counts when it is lower than its one neighbour
+    assert rival_gap(edge) < UNCERTAIN_GAP
+    with_nan = curve({15: 0.3, 5: 0.32})
+    with_nan[:3] = np.nan
+    assert rival_gap(with_nan) == pytest.approx(0.02 / (np.nanmedian(with_nan) - 0.3))
