@@ -3,16 +3,16 @@
 For each clip the expert embeds every valid audio window and every valid 5-frame face window
 (pipeline.io.align's mapping). For each shift o in -search..+search the distance is the mean,
 over all N audio windows, of the cosine distance between audio window i and face window i + o;
-a window whose partner falls outside the clip counts as distance 1, the cosine distance to the
-zero vector that syncnet_python's calc_pdist pads with. (Averaging over the overlap only lets a
-large shift win on the few windows it keeps: it finds fewer known shifts on clips of another
-recipe, docs/experiments/2026-12-06-unseen-offsets.md.)
-The clip's offset is minus the best shift, so a positive offset means the audio lags the video
-(audio delayed by 5 frames -> offset +5); confidence is median minus minimum distance, as
-SyncNet's evaluation defines it. `rival_gap` says how clearly the best shift beats the best
-other candidate: the confidence does not (speech with a regular rhythm has several minima).
-Used by the sync_check stage, the generator's final check, the memory analysis, LSE with the
-project's expert and `score`.
+a window whose partner falls outside the clip counts as the clip's chance distance, the mean
+distance of its unrelated pairs (windows at least 5 apart, which share no frame). Averaging over
+the windows with a partner only lets a large shift win on the few windows it keeps; padding them
+with a large distance, as syncnet_python's zero vectors do, pulls every clip towards offset 0,
+in sync or not (docs/experiments/2026-12-06-unseen-offsets.md). The clip's offset is minus the
+best shift, so a positive offset means the audio lags the video (audio delayed by 5 frames ->
+offset +5); confidence is median minus minimum distance, as SyncNet's evaluation defines it.
+`rival_gap` says how clearly the best shift beats the best other candidate: the confidence does
+not (speech with a regular rhythm has several minima). Used by the sync_check stage, the
+generator's final check, the memory analysis, LSE with the project's expert and `score`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 
 from ..io import align
 
-PAD_DISTANCE = 1.0  # cosine distance to a zero vector
+UNRELATED = 5  # 5-frame windows this far apart share no frame
 RIVAL_SPAN = 3  # frames: a rival minimum is at least this far from the best
 # rival_gap below this: two shifts fit about as well (chosen on clips of another recipe:
 # docs/experiments/2026-12-06-unseen-offsets.md)
@@ -50,16 +50,31 @@ def clip_embeddings(model, frames: np.ndarray, mel: np.ndarray, fps: float = 25.
     return torch.cat(a_all).numpy(), torch.cat(v_all).numpy()
 
 
+def unrelated_distance(a: np.ndarray, v: np.ndarray) -> float:
+    """The clip's chance distance: mean cosine distance of audio window i and face window j over
+    every pair with |i - j| >= UNRELATED (from the sums, without the N x N matrix)."""
+    n = len(a)
+    total = float(a.sum(0, dtype=np.float64) @ v.sum(0, dtype=np.float64))
+    near, count = 0.0, 0
+    for o in range(1 - UNRELATED, UNRELATED):
+        i = np.arange(max(0, -o), min(n, n - o))
+        near += float((a[i].astype(np.float64) * v[i + o]).sum())
+        count += len(i)
+    pairs = n * n - count
+    return 1.0 - (total - near) / pairs if pairs > 0 else 1.0
+
+
 def offset_distances(a: np.ndarray, v: np.ndarray, search: int = 15, min_overlap: int = 3) -> np.ndarray:
     """Mean cosine distance between audio window i and face window i + o over all audio windows,
-    for o = -search..search; a window without a partner counts 1 (syncnet_python's zero padding).
-    nan where fewer than min_overlap windows have a partner."""
+    for o = -search..search; a window without a partner counts the clip's chance distance
+    (unrelated_distance). nan where fewer than min_overlap windows have a partner."""
     n = len(a)
+    chance = unrelated_distance(a, v)
     out = np.full(2 * search + 1, np.nan)
     for k, o in enumerate(range(-search, search + 1)):
         i = np.arange(max(0, -o), min(n, n - o))
         if len(i) >= min_overlap:
-            out[k] = float((np.sum(1.0 - (a[i] * v[i + o]).sum(1)) + (n - len(i)) * PAD_DISTANCE) / n)
+            out[k] = float((np.sum(1.0 - (a[i] * v[i + o]).sum(1)) + (n - len(i)) * chance) / n)
     return out
 
 

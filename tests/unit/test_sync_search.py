@@ -5,18 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.nets.sync import UNCERTAIN_GAP, estimate_offset, offset_distances, rival_gap
+from pipeline.nets.sync import UNCERTAIN_GAP, estimate_offset, offset_distances, rival_gap, unrelated_distance
 
 
 def unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def test_windows_without_a_partner_count_as_syncnet_pythons_zero_padding():
+def test_windows_without_a_partner_count_the_clips_chance_distance():
     """Every face window is 0.6-similar to its own audio window (cosine distance 0.4), except 8
     that copy the audio 12 windows earlier. Over the overlap only, shift 12's few perfect pairs
-    would win (its other windows drop out); counted over all 25 windows, with distance 1 where the
-    partner is missing as syncnet_python's zero padding gives, the clip is in sync."""
+    would win (its other windows drop out); counted over all 25 windows, a missing partner at the
+    clip's chance distance (its unrelated pairs' mean), the clip is in sync."""
     rng = np.random.default_rng(0)
     n, dim = 25, 64
     a = unit(rng.normal(size=(n, dim)))
@@ -25,12 +25,37 @@ def test_windows_without_a_partner_count_as_syncnet_pythons_zero_padding():
     v = 0.6 * a + 0.8 * noise
     v[12:20] = a[0:8]
     d = offset_distances(a, v, search=15)
+    full = 1.0 - a @ v.T
+    far = np.abs(np.subtract.outer(np.arange(n), np.arange(n))) >= 5  # windows that share no frame
+    chance = full[far].mean()
+    assert unrelated_distance(a, v) == pytest.approx(chance, rel=1e-9)
     i = np.arange(0, n - 12)
     overlap_only = np.mean(1.0 - (a[i] * v[i + 12]).sum(1))
     assert overlap_only < d[15]  # the shift that wins over the overlap only
-    assert d[15 + 12] == pytest.approx((np.sum(1.0 - (a[i] * v[i + 12]).sum(1)) + 12) / n)
+    assert d[15 + 12] == pytest.approx((np.sum(1.0 - (a[i] * v[i + 12]).sum(1)) + 12 * chance) / n)
     assert estimate_offset(d, 15)[0] == 0
-    assert d[15] == pytest.approx((17 * 0.4 + np.sum(1.0 - (a[12:20] * v[12:20]).sum(1))) / n)
+
+
+def test_a_clip_without_sync_is_not_pulled_towards_offset_0():
+    """Embeddings with no sync but close to one another (unrelated pairs at distance ~0.2): a
+    fixed padding distance of 1 (syncnet_python's zero vectors) would make every large shift lose
+    and report nearly every such clip at offset 0; the chance distance leaves the offset as
+    random as the clip is (the mean |offset| of a uniform pick in -15..15 is 7.75)."""
+    rng = np.random.default_rng(1)
+    offsets, fixed = [], []
+    for _ in range(200):
+        common = rng.normal(size=64)
+        a = unit(common + 0.35 * np.linalg.norm(common) / 8 * rng.normal(size=(25, 64)))
+        v = unit(common + 0.35 * np.linalg.norm(common) / 8 * rng.normal(size=(25, 64)))
+        offsets.append(abs(estimate_offset(offset_distances(a, v), 15)[0]))
+        padded = [
+            (np.sum(1.0 - (a[i] * v[i + o]).sum(1)) + (25 - len(i)) * 1.0) / 25
+            for o in range(-15, 16)
+            for i in [np.arange(max(0, -o), min(25, 25 - o))]
+        ]
+        fixed.append(abs(int(np.argmin(padded)) - 15))
+    assert 0.1 < np.mean(1.0 - (a[:, None] * v[None]).sum(-1)) < 0.4  # related-looking, not in sync
+    assert np.mean(offsets) > 5.0 and np.mean(fixed) < 1.0
 
 
 def test_too_little_overlap_is_no_evidence():
