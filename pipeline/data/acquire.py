@@ -3,7 +3,8 @@ download LRW/LRS2 into data.<ds>.root (`source: download`, pipeline.data.downloa
 
 Output: data/raw/<dataset>/ holding source.json (what was acquired, from where, its layout and
 clip counts) and, for the embedded corpus, the corpus itself. An adopted or downloaded copy is
-validated and recorded, never copied into data/raw.
+validated and recorded, never copied into data/raw; a copy that holds only some splits is
+adopted with `data.<ds>.splits` (e.g. [test]), and the record names the splits it holds and uses.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def run(view: dict, ctx: StageContext) -> dict:
     else:
         root = Path(section["root"]).expanduser().resolve()
         include_pretrain = bool(section.get("include_pretrain", False))
-        summary = layouts.validate(ds, root, include_pretrain)
+        summary = layouts.validate(ds, root, include_pretrain, section.get("splits"))
         record = {
             "dataset": ds,
             "kind": "adopted",

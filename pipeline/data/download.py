@@ -163,6 +163,7 @@ def acquire(ds: str, section: dict, progress=_progress) -> tuple[dict, dict]:
         )
     root = Path(section["root"]).expanduser().resolve()
     include_pretrain = bool(section.get("include_pretrain", False))
+    splits = section.get("splits")
     base, parts = plan(ds, section)
     folder = root / ".download"
     marker = archive.read_marker(folder)
@@ -175,7 +176,7 @@ def acquire(ds: str, section: dict, progress=_progress) -> tuple[dict, dict]:
         log.info("%s: already downloaded and extracted into %s (%s); validating", ds, root, folder / archive.MARKER)
         base, records = marker.get("url_base", base), marker["parts"]
         try:
-            summary = layouts.validate(ds, root, include_pretrain)
+            summary = layouts.validate(ds, root, include_pretrain, splits)
         except layouts.LayoutError as exc:
             placed = " ".join(str(root / e) for e in marker.get("entries", []))
             raise PipelineError(
@@ -196,7 +197,7 @@ def acquire(ds: str, section: dict, progress=_progress) -> tuple[dict, dict]:
             folder,
             f"{ds.upper()} ({OFFICIAL[ds]['archive']})",
             hint,
-            lambda tree: layouts.validate(ds, tree, include_pretrain),
+            lambda tree: layouts.validate(ds, tree, include_pretrain, splits),
             {"url_base": public_url(base), "parts": keep},
             progress,
         )

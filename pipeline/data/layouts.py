@@ -5,6 +5,8 @@ LRW:  lipread_mp4/<WORD>/{train,val,test}/<WORD>_<5 digits>.mp4 with a .txt besi
 LRS2: mvlrs_v1/main/<video id>/<clip>.mp4 + .txt, mvlrs_v1/pretrain/..., and the split lists
       train.txt, val.txt, test.txt (pretrain.txt) whose lines are `<video id>/<clip>` and may
       carry a second token (e.g. ` NF`).
+A copy may hold only some splits (`data.<ds>.splits`, e.g. only test for an evaluate-only run):
+then only those are required and read.
 """
 
 from __future__ import annotations
@@ -55,7 +57,27 @@ def _listing(items: list[str], total: int) -> str:
 
 
 # --------------------------------------------------------------------------- LRW
-def validate_lrw(root: str | Path) -> dict:
+def _check_splits(splits, known: tuple[str, ...]) -> tuple[str, ...]:
+    splits = tuple(splits or known)
+    unknown = [s for s in splits if s not in known]
+    if unknown or not splits:
+        raise LayoutError(f"splits {list(splits)}: each must be one of {list(known)}")
+    return tuple(s for s in known if s in splits)  # the dataset's own order
+
+
+def _partial_hint(ds: str, present: list[str], wanted: tuple[str, ...]) -> str:
+    if not present or set(wanted) <= set(present):
+        return ""
+    return (
+        f"\n  the copy holds the split(s) {present}: to adopt only those (e.g. to evaluate a trained model on "
+        f"the test split), set data.{ds}.splits: {present}"
+    )
+
+
+def validate_lrw(root: str | Path, splits=None) -> dict:
+    """The copy checked for the given splits (default all three); the record names the splits it
+    holds and those used."""
+    splits = _check_splits(splits, LRW_SPLITS)
     root = Path(root)
     base = root / "lipread_mp4"
     if not root.is_dir():
@@ -65,9 +87,10 @@ def validate_lrw(root: str | Path) -> dict:
     words = sorted(e.name for e in os.scandir(base) if e.is_dir())
     if not words:
         raise LayoutError(f"{base} holds no word folders (expected {base}/<WORD>/{{train,val,test}}/)")
-    missing_dirs, missing_txt, counts = [], [], {s: 0 for s in LRW_SPLITS}
+    present = [s for s in LRW_SPLITS if any((base / w / s).is_dir() for w in words)]
+    missing_dirs, missing_txt, counts = [], [], {s: 0 for s in splits}
     for word in words:
-        for split in LRW_SPLITS:
+        for split in splits:
             d = base / word / split
             if not d.is_dir():
                 missing_dirs.append(f"{d}/")
@@ -86,14 +109,17 @@ def validate_lrw(root: str | Path) -> dict:
     if sum(counts.values()) == 0:
         problems.append(f"no .mp4 clips under {base}/<WORD>/<split>/")
     if problems:
-        raise LayoutError(f"LRW copy at {root} is incomplete:\n  " + "\n  ".join(problems))
-    return {"layout": "lrw", "words": len(words), "clips": counts}
+        raise LayoutError(
+            f"LRW copy at {root} is incomplete:\n  " + "\n  ".join(problems) + _partial_hint("lrw", present, splits)
+        )
+    return {"layout": "lrw", "words": len(words), "clips": counts, "splits": list(splits), "splits_present": present}
 
 
-def iter_lrw(root: str | Path) -> Iterator[ClipRef]:
+def iter_lrw(root: str | Path, splits=None) -> Iterator[ClipRef]:
     base = Path(root) / "lipread_mp4"
+    splits = _check_splits(splits, LRW_SPLITS)
     for word in sorted(e.name for e in os.scandir(base) if e.is_dir()):
-        for split in LRW_SPLITS:
+        for split in splits:
             d = base / word / split
             if not d.is_dir():
                 continue
@@ -122,12 +148,15 @@ def _read_split_list(path: Path) -> list[str]:
     return ids
 
 
-def _lrs2_splits(include_pretrain: bool) -> tuple[tuple[str, str], ...]:
-    splits = tuple((s, "main") for s in LRS2_SPLITS)
-    return splits + ((("pretrain", "pretrain"),) if include_pretrain else ())
+def _lrs2_splits(include_pretrain: bool, splits=None) -> tuple[tuple[str, str], ...]:
+    pairs = tuple((s, "main") for s in _check_splits(splits, LRS2_SPLITS))
+    return pairs + ((("pretrain", "pretrain"),) if include_pretrain else ())
 
 
-def validate_lrs2(root: str | Path, include_pretrain: bool = False) -> dict:
+def validate_lrs2(root: str | Path, include_pretrain: bool = False, splits=None) -> dict:
+    """The copy checked for the given splits (default all three; pretrain with include_pretrain);
+    the record names the split lists it holds and the splits used."""
+    splits = _check_splits(splits, LRS2_SPLITS)
     root = Path(root)
     if not root.is_dir():
         raise LayoutError(f"LRS2 root {root} does not exist or is not a folder")
@@ -135,7 +164,8 @@ def validate_lrs2(root: str | Path, include_pretrain: bool = False) -> dict:
     for sub in ("main",) + (("pretrain",) if include_pretrain else ()):
         if not (root / "mvlrs_v1" / sub).is_dir():
             problems.append(f"folder {root / 'mvlrs_v1' / sub}/ is missing")
-    for split, sub in _lrs2_splits(include_pretrain):
+    present = [s for s in LRS2_SPLITS if _lrs2_list(root, f"{s}.txt") is not None]
+    for split, sub in _lrs2_splits(include_pretrain, splits):
         lst = _lrs2_list(root, f"{split}.txt")
         if lst is None:
             problems.append(f"split list {split}.txt is missing (looked in {root}/ and {root}/mvlrs_v1/)")
@@ -153,13 +183,15 @@ def validate_lrs2(root: str | Path, include_pretrain: bool = False) -> dict:
                 f"{len(missing)} file(s) listed in {lst.name} are missing:{_listing(missing, len(missing))}"
             )
     if problems:
-        raise LayoutError(f"LRS2 copy at {root} is incomplete:\n  " + "\n  ".join(problems))
-    return {"layout": "lrs2", "clips": counts}
+        raise LayoutError(
+            f"LRS2 copy at {root} is incomplete:\n  " + "\n  ".join(problems) + _partial_hint("lrs2", present, splits)
+        )
+    return {"layout": "lrs2", "clips": counts, "splits": list(splits), "splits_present": present}
 
 
-def iter_lrs2(root: str | Path, include_pretrain: bool = False) -> Iterator[ClipRef]:
+def iter_lrs2(root: str | Path, include_pretrain: bool = False, splits=None) -> Iterator[ClipRef]:
     root = Path(root)
-    for split, sub in _lrs2_splits(include_pretrain):
+    for split, sub in _lrs2_splits(include_pretrain, splits):
         base = root / "mvlrs_v1" / sub
         for clip in _read_split_list(_lrs2_list(root, f"{split}.txt")):
             yield ClipRef(
@@ -167,13 +199,14 @@ def iter_lrs2(root: str | Path, include_pretrain: bool = False) -> Iterator[Clip
             )
 
 
-def validate(layout: str, root: str | Path, include_pretrain: bool = False) -> dict:
+def validate(layout: str, root: str | Path, include_pretrain: bool = False, splits=None) -> dict:
     if layout == "lrw":
-        return validate_lrw(root)
-    return validate_lrs2(root, include_pretrain)
+        return validate_lrw(root, splits)
+    return validate_lrs2(root, include_pretrain, splits)
 
 
-def iter_clips(layout: str, root: str | Path, include_pretrain: bool = False) -> Iterator[ClipRef]:
+def iter_clips(layout: str, root: str | Path, include_pretrain: bool = False, splits=None) -> Iterator[ClipRef]:
+    """Every clip of the given splits (default all), as source.json records them."""
     if layout == "lrw":
-        return iter_lrw(root)
-    return iter_lrs2(root, include_pretrain)
+        return iter_lrw(root, splits)
+    return iter_lrs2(root, include_pretrain, splits)

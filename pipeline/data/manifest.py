@@ -99,7 +99,9 @@ def run(view: dict, ctx: StageContext) -> dict:
     dataset = view["data"]["dataset"]
     cfg = view["index"]
     source = load_source(dataset)
-    refs = list(iter_clips(source["layout"], source["root"], source.get("include_pretrain", False)))
+    refs = list(
+        iter_clips(source["layout"], source["root"], source.get("include_pretrain", False), source.get("splits"))
+    )
     if not refs:
         raise PipelineError(f"no clips found under {source['root']} ({source['layout']} layout)")
     n_workers = min(workers(cfg["workers"]), len(refs))

@@ -48,6 +48,8 @@ def curves_png(csv_path: Path, columns: list[list[str]], title: str, out: Path) 
     if not csv_path.is_file():
         return False
     df = pd.read_csv(csv_path)
+    if df.empty:  # a model given, not trained here: no curve
+        return False
     plt = _plt()
     ncols = min(2, len(columns))  # at most two panels a row: the page shows the figure at its own size
     nrows = -(-len(columns) // ncols)

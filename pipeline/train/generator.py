@@ -29,8 +29,9 @@ from ..data.datasets import GeneratorDataset
 from ..errors import PipelineError
 from ..io.store import Store
 from ..models.generator import Generator
+from ..nets.checkpoints import GENERATOR_FORMAT, read
 from ..nets.expert import load_expert
-from ..nets.generate import final_check, package_generator
+from ..nets.generate import final_check, load_generator, package_generator
 from ..nets.metrics import mouth, psnr, to_uint8
 from ..runtime import atomic_folder, fingerprint, launcher_rank, without_timings, write_json_atomic
 from ..stages import StageContext, code_files
@@ -182,6 +183,9 @@ def run(view: dict, ctx: StageContext) -> dict:
     if variant not in cfg["variants"]:
         raise PipelineError(f"variant {variant!r} is not in generator.variants {cfg['variants']}")
     ds = view["data"]["dataset"]
+    pretrained = (cfg.get("pretrained") or {}).get(variant)
+    if pretrained:
+        return adopt_pretrained(view, variant, Path(pretrained), tracker)
     expert_path = paths.model_dir("sync_expert") / "expert.pt"
     if not expert_path.is_file():
         raise PipelineError(f"{expert_path} not found: run train_sync_expert first")
@@ -255,6 +259,37 @@ def run(view: dict, ctx: StageContext) -> dict:
         tracker.log_artifact(out / "generator.pt", "model")
         tracker.log_artifact(paths.plot(f"train_generator_{variant}"), "plots")
     shutil.rmtree(work, ignore_errors=True)
+    return metrics
+
+
+def adopt_pretrained(view: dict, variant: str, path: Path, tracker) -> dict:
+    """generator.pretrained.<variant>: a trained generator of this project used as this variant's
+    model instead of training one (an evaluate-only run): checked (format, variant, crop size),
+    copied to models/generator/<variant>/, its metrics and an empty curve written."""
+    key = f"generator.pretrained.{variant}"
+    if not path.is_file():
+        raise PipelineError(f"{key}: {path} does not exist")
+    state = read(path, GENERATOR_FORMAT, "cpu", f"{key}: not a generator checkpoint of this project")
+    load_generator(path)  # the weights fit the network their config describes
+    saved = state.get("variant")
+    if saved is not None and saved != variant:
+        raise PipelineError(f"{key}: {path} holds the {saved!r} variant, not {variant!r}")
+    has_memory = state["config"].get("use_memory", True)
+    if has_memory != (variant == "memory"):
+        raise PipelineError(f"{key}: {path} is a generator {'with' if has_memory else 'without'} the memory")
+    size, want = state["config"].get("img_size"), view["preprocess"]["img_size"]
+    if size != want:
+        raise PipelineError(f"{key}: {path} works on {size} px crops, but preprocess.img_size is {want}")
+    out = paths.model_dir("generator") / variant
+    with atomic_folder(out) as tmp:
+        shutil.copy2(path, tmp / "generator.pt")
+    metrics = {"pretrained": str(path), "steps": int(state.get("step", 0)), **state.get("metrics", {})}
+    gen_report.write_plot([], paths.plot(f"train_generator_{variant}"))  # nothing was trained here
+    write_json_atomic(paths.metrics(f"train_generator_{variant}"), metrics)
+    if tracker is not None:
+        tracker.set_tags({"variant": variant, "pretrained": str(path)})
+        tracker.tag_model(out / "generator.pt")
+    log.info("%s: using the trained generator %s (step %s) instead of training", variant, path, metrics["steps"])
     return metrics
 
 

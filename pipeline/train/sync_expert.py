@@ -25,6 +25,7 @@ from ..data.datasets import SyncDataset, SyncGroups, augment_groups
 from ..errors import PipelineError
 from ..io.store import Store
 from ..models.syncnet import SyncNet, grouped_sync_losses, sync_probability
+from ..nets.checkpoints import EXPERT_FORMAT
 from ..nets.expert import import_wav2lip, load_expert, package_expert
 from ..runtime import atomic_folder, fingerprint, launcher_rank, without_timings, write_curves_csv, write_json_atomic
 from ..stages import StageContext, code_files
@@ -282,9 +283,12 @@ def run(view: dict, ctx: StageContext) -> dict:
     out = paths.model_dir("sync_expert")
     if cfg["pretrained"]:
         imported = import_pretrained(cfg["pretrained"], out, view["preprocess"]["img_size"])
+        metrics = {**imported, **evaluate_test(view, out / "expert.pt")}  # the test split, where there is one
+        _write_plot([], paths.plot("train_sync_expert"))  # no curve: nothing was trained
+        write_json_atomic(paths.metrics("train_sync_expert"), {"pretrained": str(cfg["pretrained"]), **metrics})
         if tracker is not None:
             tracker.tag_model(out / "expert.pt")
-        return imported
+        return metrics
     train, val = _datasets(view)  # fail early on a missing store
     ds = view["data"]["dataset"]
     shards = sorted(paths.processed_shards(ds).glob("shard-*/meta.json"))  # checksums of the crops
@@ -334,17 +338,40 @@ def run(view: dict, ctx: StageContext) -> dict:
 
 
 def import_pretrained(path: str | Path, out_dir: Path, img_size: int) -> dict:
-    """sync_expert.pretrained: Wav2Lip's expert written as this project's checkpoint."""
-    if img_size != 96:
-        raise PipelineError(f"Wav2Lip's expert works on 96 px crops, but preprocess.img_size is {img_size}")
+    """sync_expert.pretrained: an expert of this project (`expert.pt` of an earlier run), or
+    Wav2Lip's lipsync_expert.pth, written as this project's checkpoint."""
     if not Path(path).is_file():
         raise PipelineError(f"sync_expert.pretrained: {path} does not exist")
+    raw = _project_expert(path)
+    if raw is not None:
+        model = load_expert(path)
+        if model.img_size != img_size:
+            raise PipelineError(
+                f"sync_expert.pretrained: {path} works on {model.img_size} px crops, "
+                f"but preprocess.img_size is {img_size}"
+            )
+        state = {**raw, "source": raw.get("source") or f"project:{Path(path).name}"}
+        with atomic_folder(out_dir) as tmp:
+            torch.save(state, tmp / "expert.pt")
+            torch.save(state, tmp / "last.pt")
+        return {"imported": 1, "parameters": sum(p.numel() for p in model.parameters())}
+    if img_size != 96:
+        raise PipelineError(f"Wav2Lip's expert works on 96 px crops, but preprocess.img_size is {img_size}")
     model = import_wav2lip(path)
     state = package_expert(model, 0, {}, source=f"wav2lip:{Path(path).name}")
     with atomic_folder(out_dir) as tmp:
         torch.save(state, tmp / "expert.pt")
         torch.save(state, tmp / "last.pt")
     return {"imported": 1, "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def _project_expert(path: str | Path) -> dict | None:
+    """The checkpoint when it is one of this project's experts, else None."""
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # not a checkpoint at all: Wav2Lip's import names the problem
+        return None
+    return raw if isinstance(raw, dict) and raw.get("format") == EXPERT_FORMAT else None
 
 
 def _write_plot(history: list[dict], path: Path) -> None:
