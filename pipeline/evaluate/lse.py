@@ -195,7 +195,7 @@ def lse_clip(
 
 def scores(network: str, offset: int, min_dist: float, confidence: float, dists) -> dict:
     """A scorer's result: the offset in both signs, LSE-D, LSE-C and the mean distance at every
-    offset (None where too few windows overlap)."""
+    offset, from -search to +search in this project's sign (None where too few windows overlap)."""
     return {
         "network": network,
         "offset": offset,
@@ -265,7 +265,7 @@ class OwnExpertScorer:
         if np.isnan(dists).all():
             raise PipelineError(f"{what}: too few windows for the offset search")
         offset, conf, dmin = estimate_offset(dists, self.search)
-        return scores(self.network, offset, dmin, conf, dists)
+        return scores(self.network, offset, dmin, conf, dists[::-1])  # by offset, as SyncNet v2's
 
 
 def make_scorer(

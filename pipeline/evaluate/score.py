@@ -15,9 +15,10 @@ preprocessing makes. Every result names its network.
 Per video: `offset` in frames, > 0 when the audio lags the video (audio delayed by 3 frames ->
 +3), and `offset_syncnet_python`, the same in syncnet_python's sign (its `AV offset`); `lse_d`
 (the minimum of the mean distances), `lse_c` (their median minus that minimum: the confidence),
-`dists` (the mean distance at each offset -search..search), `at_search_edge` (the best offset is
+`dists` (the mean distance at each offset, from -search to +search), `at_search_edge` (the best offset is
 the search's limit: the evidence is weak, not an offset of that size), `rival_gap` (how much
-worse the best other candidate offset fits, in units of the confidence; pipeline.nets.sync) and
+worse the best other candidate offset, `rival_offset`, fits, in units of the confidence;
+pipeline.nets.sync) and
 `uncertain` (rival_gap below pipeline.nets.sync.UNCERTAIN_GAP: another offset fits about as
 well, so the offset is a guess between them; LSE-C alone does not tell this).
 """
@@ -36,7 +37,7 @@ from ..errors import PipelineError
 from ..io import ffmpeg
 from ..io.align import FPS
 from ..io.audio import SAMPLE_RATE, melspectrogram
-from ..nets.sync import UNCERTAIN_GAP, rival_gap
+from ..nets.sync import UNCERTAIN_GAP, rival
 from ..preprocess import crops
 from ..preprocess.faces import FaceTracker
 from . import lse
@@ -102,7 +103,7 @@ def score_video(path: str | Path, scorer, tracker: FaceTracker, faces: str = "sp
     with tempfile.TemporaryDirectory() as tmp:
         for k, track in enumerate(tracks):
             r = _face_scores(scorer, frames, track, wav, mel, Path(tmp), k)
-            gap = rival_gap(np.array([np.nan if d is None else d for d in r["dists"]], float))
+            gap, other = rival(np.array([np.nan if d is None else d for d in r["dists"]], float))
             box = np.concatenate([np.nanmin(track.landmarks, axis=(0, 1)), np.nanmax(track.landmarks, axis=(0, 1))])
             rows.append(
                 {
@@ -119,6 +120,8 @@ def score_video(path: str | Path, scorer, tracker: FaceTracker, faces: str = "sp
                     "lse_c": float(r["confidence"]),
                     "at_search_edge": abs(int(r["offset"])) == scorer.search,
                     "rival_gap": round(gap, 4),
+                    # the best other candidate (a local minimum at least 3 frames away), same sign as offset
+                    "rival_offset": None if other is None else other - scorer.search,
                     "uncertain": bool(gap < UNCERTAIN_GAP or abs(int(r["offset"])) == scorer.search),
                     "dists": r["dists"],
                 }
@@ -175,6 +178,7 @@ def render(rows: list[dict], failures: list[dict], fmt: str) -> str:
             *TABLE_FIELDS,
             "uncertain",
             "rival_gap",
+            "rival_offset",
             "at_search_edge",
             "speaking",
             "face_confidences",
@@ -198,7 +202,7 @@ def render(rows: list[dict], failures: list[dict], fmt: str) -> str:
     for r in rows:
         edge = "  (best offset at the search's edge: no clear sync)" if r["at_search_edge"] else ""
         if r["uncertain"] and not r["at_search_edge"]:
-            edge = f"  (uncertain: another offset fits almost as well, rival gap {r['rival_gap']:.2f})"
+            edge = f"  (uncertain: offset {r['rival_offset']:+d} fits almost as well, rival gap {r['rival_gap']:.2f})"
         lines.append(
             f"{r['video']}: offset {r['offset']:+d} frames (syncnet_python: {r['offset_syncnet_python']:+d}), "
             f"LSE-D {r['lse_d']:.3f}, LSE-C {r['lse_c']:.3f}, face {r['face']} of {r['faces']} "

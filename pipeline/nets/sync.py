@@ -3,11 +3,13 @@
 For each clip the expert embeds every valid audio window and every valid 5-frame face window
 (pipeline.io.align's mapping). For each shift o in -search..+search the distance is the mean,
 over all N audio windows, of the cosine distance between audio window i and face window i + o;
-a window whose partner falls outside the clip counts as the clip's chance distance, the mean
-distance of its unrelated pairs (windows at least 5 apart, which share no frame). Averaging over
-the windows with a partner only lets a large shift win on the few windows it keeps; padding them
+a window whose partner falls outside the clip counts its own chance distance, its mean distance
+to the face windows that share no frame with its own (at least 5 apart). Averaging over the
+windows with a partner only lets a large shift win on the few windows it keeps; padding them
 with a large distance, as syncnet_python's zero vectors do, pulls every clip towards offset 0,
-in sync or not (docs/experiments/2026-12-06-unseen-offsets.md). The clip's offset is minus the
+in sync or not; one chance distance for the whole clip lets a shift win by dropping the windows
+that fit nothing well (silence: every face is far from it) rather than by fitting the others
+(docs/experiments/2026-12-06-unseen-offsets.md). The clip's offset is minus the
 best shift, so a positive offset means the audio lags the video (audio delayed by 5 frames ->
 offset +5); confidence is median minus minimum distance, as SyncNet's evaluation defines it.
 `rival_gap` says how clearly the best shift beats the best other candidate: the confidence does
@@ -50,31 +52,39 @@ def clip_embeddings(model, frames: np.ndarray, mel: np.ndarray, fps: float = 25.
     return torch.cat(a_all).numpy(), torch.cat(v_all).numpy()
 
 
-def unrelated_distance(a: np.ndarray, v: np.ndarray) -> float:
-    """The clip's chance distance: mean cosine distance of audio window i and face window j over
-    every pair with |i - j| >= UNRELATED (from the sums, without the N x N matrix)."""
+def window_chance(a: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Each audio window's chance distance [N]: the mean cosine distance of audio window i to
+    the face windows j with |i - j| >= UNRELATED (which share no frame with its own), from the
+    sums, without the N x N matrix; a window with no such face window (clips of under 10
+    windows) takes its mean over all face windows."""
     n = len(a)
-    total = float(a.sum(0, dtype=np.float64) @ v.sum(0, dtype=np.float64))
-    near, count = 0.0, 0
+    a64, v64 = a.astype(np.float64), v.astype(np.float64)
+    near_sum = np.zeros_like(v64)  # [N, D]: sum of the face windows within UNRELATED - 1 of i
+    near_count = np.zeros(n)
     for o in range(1 - UNRELATED, UNRELATED):
         i = np.arange(max(0, -o), min(n, n - o))
-        near += float((a[i].astype(np.float64) * v[i + o]).sum())
-        count += len(i)
-    pairs = n * n - count
-    return 1.0 - (total - near) / pairs if pairs > 0 else 1.0
+        near_sum[i] += v64[i + o]
+        near_count[i] += 1
+    far_count = n - near_count
+    total = v64.sum(0)
+    far_sim = np.einsum("nd,nd->n", a64, total[None] - near_sum) / np.maximum(far_count, 1)
+    all_sim = a64 @ total / n
+    return 1.0 - np.where(far_count > 0, far_sim, all_sim)
 
 
 def offset_distances(a: np.ndarray, v: np.ndarray, search: int = 15, min_overlap: int = 3) -> np.ndarray:
     """Mean cosine distance between audio window i and face window i + o over all audio windows,
-    for o = -search..search; a window without a partner counts the clip's chance distance
-    (unrelated_distance). nan where fewer than min_overlap windows have a partner."""
+    for o = -search..search; a window without a partner counts its own chance distance
+    (window_chance). nan where fewer than min_overlap windows have a partner."""
     n = len(a)
-    chance = unrelated_distance(a, v)
+    chance = window_chance(a, v)
     out = np.full(2 * search + 1, np.nan)
     for k, o in enumerate(range(-search, search + 1)):
         i = np.arange(max(0, -o), min(n, n - o))
         if len(i) >= min_overlap:
-            out[k] = float((np.sum(1.0 - (a[i] * v[i + o]).sum(1)) + (n - len(i)) * chance) / n)
+            missing = np.ones(n, bool)
+            missing[i] = False
+            out[k] = float((np.sum(1.0 - (a[i] * v[i + o]).sum(1)) + chance[missing].sum()) / n)
     return out
 
 
@@ -85,21 +95,28 @@ def estimate_offset(dists: np.ndarray, search: int = 15) -> tuple[int, float, fl
     return -shift, float(np.nanmedian(dists) - dists[k]), float(dists[k])
 
 
-def rival_gap(dists: np.ndarray) -> float:
-    """How much worse the best rival shift is than the best one, in units of the confidence
-    (median - minimum): the lowest local minimum at least RIVAL_SPAN frames from the best, minus
-    the best, divided by the confidence. Scale-free, so the same for any network's distances;
-    1.0 when there is no rival. Below UNCERTAIN_GAP the offset is a guess between candidates."""
+def rival(dists: np.ndarray) -> tuple[float, int | None]:
+    """(rival_gap, the rival's index in dists or None): how much worse the best rival shift is
+    than the best one, in units of the confidence (median - minimum): the lowest local minimum at
+    least RIVAL_SPAN frames from the best, minus the best, divided by the confidence. Scale-free,
+    so the same for any network's distances; 1.0 (and None) when there is no rival. Below
+    UNCERTAIN_GAP the offset is a guess between the two."""
     d = np.where(np.isnan(dists), np.inf, dists)
     k = int(np.argmin(d))
     conf = float(np.nanmedian(dists) - d[k])
     left, right = np.r_[np.inf, d[:-1]], np.r_[d[1:], np.inf]
     rivals = [
-        d[j] for j in range(len(d)) if abs(j - k) >= RIVAL_SPAN and np.isfinite(d[j]) and d[j] <= min(left[j], right[j])
+        j for j in range(len(d)) if abs(j - k) >= RIVAL_SPAN and np.isfinite(d[j]) and d[j] <= min(left[j], right[j])
     ]
     if not rivals or conf <= 0:
-        return 1.0
-    return float(min(1.0, (min(rivals) - d[k]) / conf))
+        return 1.0, None
+    j = min(rivals, key=lambda j: d[j])
+    return float(min(1.0, (d[j] - d[k]) / conf)), j
+
+
+def rival_gap(dists: np.ndarray) -> float:
+    """rival()'s gap alone."""
+    return rival(dists)[0]
 
 
 def sync_of(expert, frames: np.ndarray, mel: np.ndarray, search: int = 15) -> tuple[int, float, float]:

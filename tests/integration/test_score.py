@@ -44,6 +44,8 @@ def test_score_finds_the_offset_and_names_every_bad_file(expert_project, tmp_pat
         assert len(r["dists"]) == 31 and min(d for d in r["dists"] if d is not None) == pytest.approx(
             r["lse_d"], abs=1e-6
         )
+        assert r["dists"][15 + r["offset"]] == pytest.approx(r["lse_d"], abs=1e-6)  # dists run from offset -15 to +15
+        assert r["rival_offset"] is None or abs(r["rival_offset"] - r["offset"]) >= 3
         assert r["lse_c"] > 0
     errors = {Path(f["video"]): f["error"] for f in out["failures"]}
     assert "cannot be read" in errors[broken] and "too short" in errors[silent]

@@ -1,22 +1,23 @@
-"""The project expert's offset search (pipeline.nets.sync): syncnet_python's padding, the rival gap."""
+"""The project expert's offset search (pipeline.nets.sync): the padding of windows without a partner, the rival gap."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline.nets.sync import UNCERTAIN_GAP, estimate_offset, offset_distances, rival_gap, unrelated_distance
+from pipeline.nets.sync import UNCERTAIN_GAP, estimate_offset, offset_distances, rival_gap, window_chance
 
 
 def unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def test_windows_without_a_partner_count_the_clips_chance_distance():
+def test_windows_without_a_partner_count_their_own_chance_distance():
     """Every face window is 0.6-similar to its own audio window (cosine distance 0.4), except 8
     that copy the audio 12 windows earlier. Over the overlap only, shift 12's few perfect pairs
-    would win (its other windows drop out); counted over all 25 windows, a missing partner at the
-    clip's chance distance (its unrelated pairs' mean), the clip is in sync."""
+    would win (its other windows drop out); counted over all 25 windows, a missing partner at its
+    own chance distance (its mean distance to the face windows sharing no frame with it), the
+    clip is in sync."""
     rng = np.random.default_rng(0)
     n, dim = 25, 64
     a = unit(rng.normal(size=(n, dim)))
@@ -27,13 +28,44 @@ def test_windows_without_a_partner_count_the_clips_chance_distance():
     d = offset_distances(a, v, search=15)
     full = 1.0 - a @ v.T
     far = np.abs(np.subtract.outer(np.arange(n), np.arange(n))) >= 5  # windows that share no frame
-    chance = full[far].mean()
-    assert unrelated_distance(a, v) == pytest.approx(chance, rel=1e-9)
+    chance = np.array([full[i, far[i]].mean() for i in range(n)])
+    np.testing.assert_allclose(window_chance(a, v), chance, rtol=1e-9)
     i = np.arange(0, n - 12)
     overlap_only = np.mean(1.0 - (a[i] * v[i + 12]).sum(1))
     assert overlap_only < d[15]  # the shift that wins over the overlap only
-    assert d[15 + 12] == pytest.approx((np.sum(1.0 - (a[i] * v[i + 12]).sum(1)) + 12 * chance) / n)
+    assert d[15 + 12] == pytest.approx((np.sum(1.0 - (a[i] * v[i + 12]).sum(1)) + chance[n - 12 :].sum()) / n)
     assert estimate_offset(d, 15)[0] == 0
+
+
+def test_dropping_the_windows_that_fit_nothing_does_not_win():
+    """A clip that opens with 8 windows of silence (audio far from every face: distance 1.7) and
+    then speaks in sync (distance 0.6 to its own face window, 0.7 to the others). One chance
+    distance for the whole clip (the mean of its unrelated pairs) pads the silent windows with
+    less than they cost at every shift where they have a partner, so the shift that drops them
+    wins by dropping them (offset +8: audio 8 windows late); each window's own chance distance
+    leaves it in sync. In a clip of under 10 windows, a window with no face window 5 away takes
+    its mean over all of them."""
+    n, silent = 25, 8
+    u = np.zeros(2 * n + 1)
+    u[-1] = 1.0
+    v = np.stack([(np.eye(2 * n + 1)[j] + u) / np.sqrt(2) for j in range(n)])
+    p, q, r = 1 / 3, 1.0, np.sqrt(1 / (2 * 0.3**2) - 1 - 1 / 9)  # own 0.4, other 0.3 similar
+    a = np.stack([p * np.eye(2 * n + 1)[i] + q * u + r * np.eye(2 * n + 1)[n + i] for i in range(n)])
+    a[:silent] = -u
+    a = unit(a)
+    sim = a @ v.T
+    assert sim[silent, silent] == pytest.approx(0.4) and sim[silent, 0] == pytest.approx(0.3)
+    far = np.abs(np.subtract.outer(np.arange(n), np.arange(n))) >= 5
+    clip_chance = (1.0 - sim)[far].mean()
+    one_chance = [
+        (np.sum(1.0 - sim[i, i + o]) + (n - len(i)) * clip_chance) / n
+        for o in range(-15, 16)
+        for i in [np.arange(max(0, -o), min(n, n - o))]
+    ]
+    assert -(int(np.argmin(one_chance)) - 15) == silent  # fooled by the silence
+    assert estimate_offset(offset_distances(a, v), 15)[0] == 0
+    small = window_chance(a[:6], v[:6])  # 6 windows: none has a face window 5 away on both sides
+    assert small[2] == pytest.approx(np.mean(1.0 - sim[2, :6]))
 
 
 def test_a_clip_without_sync_is_not_pulled_towards_offset_0():
