@@ -18,8 +18,8 @@ delayed by 3 frames -> +3), as in the sync_check stage; syncnet_python prints th
 Differences: the video is assumed to be 25 fps (as the original does); ffmpeg is the project's.
 
 Without `syncnet_v2.model` the project's own expert scores instead, on its own inputs (aligned
-crops' lower halves, mel windows) with sync_check's procedure (cosine distance, overlapping
-windows only). Every result names its network, so no number is mixed up with published ones.
+crops' lower halves, mel windows) with sync_check's procedure (cosine distance over every audio
+window, pipeline.nets.sync). Every result names its network, so no number is mixed up with published ones.
 """
 
 from __future__ import annotations

@@ -103,7 +103,8 @@ def score_video(path: str | Path, scorer, tracker: FaceTracker, faces: str = "sp
     with tempfile.TemporaryDirectory() as tmp:
         for k, track in enumerate(tracks):
             r = _face_scores(scorer, frames, track, wav, mel, Path(tmp), k)
-            gap, other = rival(np.array([np.nan if d is None else d for d in r["dists"]], float))
+            curve = np.array([np.nan if d is None else d for d in r["dists"]], float)  # offsets -search..search
+            gap, other = rival(curve, best=scorer.search + int(r["offset"]))
             box = np.concatenate([np.nanmin(track.landmarks, axis=(0, 1)), np.nanmax(track.landmarks, axis=(0, 1))])
             rows.append(
                 {

@@ -95,14 +95,15 @@ def estimate_offset(dists: np.ndarray, search: int = 15) -> tuple[int, float, fl
     return -shift, float(np.nanmedian(dists) - dists[k]), float(dists[k])
 
 
-def rival(dists: np.ndarray) -> tuple[float, int | None]:
+def rival(dists: np.ndarray, best: int | None = None) -> tuple[float, int | None]:
     """(rival_gap, the rival's index in dists or None): how much worse the best rival shift is
     than the best one, in units of the confidence (median - minimum): the lowest local minimum at
     least RIVAL_SPAN frames from the best, minus the best, divided by the confidence. Scale-free,
-    so the same for any network's distances; 1.0 (and None) when there is no rival. Below
-    UNCERTAIN_GAP the offset is a guess between the two."""
+    so the same for any network's distances; 1.0 (and None) when no rival is below the median. Below
+    UNCERTAIN_GAP the offset is a guess between the two. `best`: the index of the offset
+    reported (default: the first minimum), so that an exact tie names the other one."""
     d = np.where(np.isnan(dists), np.inf, dists)
-    k = int(np.argmin(d))
+    k = int(np.argmin(d)) if best is None else int(best)
     conf = float(np.nanmedian(dists) - d[k])
     left, right = np.r_[np.inf, d[:-1]], np.r_[d[1:], np.inf]
     rivals = [
@@ -111,7 +112,8 @@ def rival(dists: np.ndarray) -> tuple[float, int | None]:
     if not rivals or conf <= 0:
         return 1.0, None
     j = min(rivals, key=lambda j: d[j])
-    return float(min(1.0, (d[j] - d[k]) / conf)), j
+    gap = (d[j] - d[k]) / conf
+    return (1.0, None) if gap >= 1.0 else (float(gap), j)  # a "rival" no lower than the median is none
 
 
 def rival_gap(dists: np.ndarray) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.nets.sync import UNCERTAIN_GAP, estimate_offset, offset_distances, rival_gap, window_chance
+from pipeline.nets.sync import UNCERTAIN_GAP, estimate_offset, offset_distances, rival, rival_gap, window_chance
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -64,8 +64,10 @@ def test_dropping_the_windows_that_fit_nothing_does_not_win():
     ]
     assert -(int(np.argmin(one_chance)) - 15) == silent  # fooled by the silence
     assert estimate_offset(offset_distances(a, v), 15)[0] == 0
-    small = window_chance(a[:6], v[:6])  # 6 windows: none has a face window 5 away on both sides
-    assert small[2] == pytest.approx(np.mean(1.0 - sim[2, :6]))
+    w = slice(silent, silent + 6)  # 6 speaking windows: windows 1-4 have no face window 5 away
+    small = window_chance(a[w], v[w])
+    assert small[2] == pytest.approx(np.mean(1.0 - sim[w, w][2]))  # its own partner (0.6) and the others (0.7)
+    assert small[0] == pytest.approx(1.0 - sim[silent, silent + 5])
 
 
 def test_a_clip_without_sync_is_not_pulled_towards_offset_0():
@@ -120,3 +122,11 @@ def test_rival_gap_tells_two_equal_minima_from_one():
     with_nan = curve({15: 0.3, 5: 0.32})
     with_nan[:3] = np.nan
     assert rival_gap(with_nan) == pytest.approx(0.02 / (np.nanmedian(with_nan) - 0.3))
+
+
+def test_rival_names_the_other_candidate_and_takes_the_reported_best():
+    c = curve({15: 0.3, 26: 0.31})
+    assert rival(c) == (pytest.approx(0.01 / (np.median(c) - 0.3)), 26)
+    assert rival(curve({15: 0.3})) == (1.0, None)
+    tie = curve({10: 0.3, 20: 0.3})
+    assert rival(tie) == (0.0, 20) and rival(tie, best=20) == (0.0, 10)  # a tie names the one not reported
