@@ -27,6 +27,7 @@ def tiny_view(work, **changes):
         {
             **dict(
                 width=0.0625,
+                audio_width=None,
                 batch_size=16,
                 windows_per_clip=4,
                 max_steps=6,
