@@ -93,6 +93,15 @@ def _check_semantics(params: dict, source: str) -> None:
                 f"{source}: data.{ds}.root is null, but data.dataset is {ds} with source {section['source']}: "
                 f"set data.{ds}.root to {what}"
             )
+    expert, gen = params["sync_expert"], params["generator"]
+    expert_audio = expert["audio_width"] if expert.get("audio_width") is not None else expert["width"]
+    if gen["audio_init"] == "expert" and not expert.get("pretrained") and expert_audio != gen["width"]:
+        raise ConfigError(
+            f"{source}: generator.audio_init is expert, but the expert's audio encoder is at width {expert_audio} "
+            f"(sync_expert.audio_width, or sync_expert.width when that is null) and the generator's at "
+            f"generator.width {gen['width']}: set sync_expert.audio_width to {gen['width']}, or "
+            f"generator.audio_init to random"
+        )
     for name in ("lrw", "lrs2"):
         url = params["data"][name].get("url_base")
         if url and "@" in url.split("//", 1)[-1].split("/", 1)[0]:

@@ -204,6 +204,7 @@ def expert_params(params: dict) -> dict:
         **params["sync_expert"],
         **dict(
             width=0.125,
+            audio_width=None,
             batch_size=32,
             windows_per_clip=8,
             max_steps=300,

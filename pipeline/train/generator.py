@@ -196,11 +196,12 @@ def run(view: dict, ctx: StageContext) -> dict:
             f"the sync expert works on {expert_cfg['img_size']} px crops but preprocess.img_size "
             f"is {view['preprocess']['img_size']}: retrain it (train_sync_expert)"
         )
-    if cfg["audio_init"] == "expert" and expert_cfg.get("width") != cfg["width"]:
+    expert_audio = expert_cfg.get("audio_width") or expert_cfg.get("width")
+    if cfg["audio_init"] == "expert" and expert_audio != cfg["width"]:
         raise PipelineError(
             f"generator.audio_init: expert needs the expert's audio encoder to match the generator's: "
-            f"sync_expert width {expert_cfg.get('width')} != generator.width {cfg['width']} "
-            f"(set them equal, or generator.audio_init: random)"
+            f"the expert's audio encoder is at width {expert_audio} != generator.width {cfg['width']} "
+            f"(set sync_expert.audio_width to generator.width and retrain it, or generator.audio_init: random)"
         )
     log.info(
         "%s: %d train and %d val windows (%d clips excluded by sync_check)", variant, len(train), len(val), excluded

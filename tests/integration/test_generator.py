@@ -494,7 +494,7 @@ def test_stage_starts_the_audio_encoder_from_the_expert_when_asked(in_expert_pro
     with pytest.raises(PipelineError, match="generator.audio_init: expert"):
         gen_step.TrainState(tiny_view(params, width=2 * width, audio_init="expert"), "memory", rt, expert)
     # the stage says so before it starts any worker
-    with pytest.raises(PipelineError, match=f"sync_expert width {width} != generator.width {2 * width}"):
+    with pytest.raises(PipelineError, match=f"audio encoder is at width {width} != generator.width {2 * width}"):
         gen_stage.run(tiny_view(params, width=2 * width, audio_init="expert"), StageContext(variant="memory"))
 
 
@@ -608,7 +608,14 @@ def test_a_short_run_beats_the_composite_with_a_mouth_that_follows_the_audio(tmp
     talking_blobs.write_store(tmp_path / "data/processed/embedded", clips={"train": 24, "val": 6, "test": 2})
     p = default_params()
     p["sync_expert"].update(
-        width=0.0625, audio_width=None, batch_size=16, windows_per_clip=4, max_steps=10, eval_every=5, val_samples=16, warmup_steps=2
+        width=0.0625,
+        audio_width=None,
+        batch_size=16,
+        windows_per_clip=4,
+        max_steps=10,
+        eval_every=5,
+        val_samples=16,
+        warmup_steps=2,
     )
     p["sync_check"]["max_offset"] = 15  # the 10-step expert must not exclude clips
     p["generator"].update(PROOF_RUN)

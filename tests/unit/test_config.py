@@ -90,6 +90,23 @@ def test_dataset_without_root_is_refused(tmp_path):
         config.validate(params)
 
 
+def test_an_audio_encoder_start_from_an_expert_of_another_width_is_refused_before_any_stage():
+    params = default_params()
+    params["generator"]["audio_init"] = "expert"
+    gen_width = params["generator"]["width"]
+    params["sync_expert"].update(width=gen_width, audio_width=2 * gen_width)
+    with pytest.raises(
+        ConfigError, match=rf"width {2 * gen_width} .*generator.width {gen_width}: set sync_expert.audio_width"
+    ):
+        config.validate(params)
+    params["sync_expert"]["audio_width"] = None  # the face encoder's width, equal to the generator's
+    config.validate(params)
+    params["sync_expert"].update(audio_width=gen_width, width=2 * gen_width)
+    config.validate(params)
+    params["sync_expert"].update(audio_width=2 * gen_width, pretrained="expert.pt")  # checked by the stage
+    config.validate(params)
+
+
 def test_missing_or_broken_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         config.load(tmp_path / "nope.yaml")
