@@ -8,14 +8,17 @@ speech of other words (none of the corpus' LRW words) in every voice. Each clip 
 per shift of its audio, -8..+8 frames (audio late by s frames: expected offset +s), and scored by
 `pipeline.evaluate.score` as a user would score it.
 
-Prints per shift the fraction found within +-1 frame; per clip its misses; the misses split into
+Prints per shift the fraction found within +-1 frame; per clip its misses and how its mouth's
+opening agrees with the one the corpus' visemes would give the same speech (a clip where they
+disagree at lag 0 is one where the two recipes put the mouth at different times); the misses split into
 those flagged `uncertain` (at the search's edge, or a rival offset fits about as well: the
 output says the evidence is weak) and those confidently wrong; the fraction within +-1 of the
 clips not flagged; the baseline (a guess of 0 for every clip: its within-+-1 fraction)
 and, as the last line, the within-+-1 fraction (goal >= 0.9).
 
     .venv/bin/python benchmarks/unseen_offsets.py [--expert models/sync_expert/expert.pt]
-        [--clips 6] [--shifts -8 ... 8] [--frames 50] [--keep DIR] [--json FILE]
+        [--clips 6] [--shifts -8 ... 8] [--frames 50] [--seed 0] [--driver envelope|viseme]
+        [--keep DIR] [--json FILE]
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from pipeline.data import embedded, face_anim, identities, speech  # noqa: E402
+from pipeline.data import embedded, face_anim, identities, speech, visemes  # noqa: E402
 from pipeline.io import ffmpeg  # noqa: E402
 from pipeline.io.ffmpeg import SAMPLE_RATE  # noqa: E402
 
@@ -78,11 +81,32 @@ def envelope_track(audio: np.ndarray, times: np.ndarray) -> np.ndarray:
     return np.stack([np.convolve(padded_track[:, k], kernel, mode="valid") for k in range(3)], 1)
 
 
-def make_clip(k: int, n_frames: int, margin: int, rng: np.random.Generator):
-    """(frames uint8 [T, S, S, 3], speech audio, first video sample): a clip of this recipe, with
-    `margin` frames of speech on each side of the video's window for the shifts."""
+def opening_agreement(driven: np.ndarray, phonemic: np.ndarray, max_lag: int = 6) -> dict:
+    """How the driven mouth's opening matches the phonemes' (the corpus' viseme track of the same
+    speech): their correlation at lag 0, and the lag in -max_lag..max_lag where it is highest. A
+    lag L > 0 means the driven mouth shows what the phonemes showed L frames earlier, so an expert
+    of phoneme-driven mouths is expected to read the clip about L frames early (offset -L)."""
+    a, b = driven - driven.mean(), phonemic - phonemic.mean()
+    corr = {}
+    for lag in range(-max_lag, max_lag + 1):
+        x, y = a[max(0, lag) : len(a) + min(0, lag)], b[max(0, -lag) : len(b) + min(0, -lag)]
+        den = np.sqrt((x**2).sum() * (y**2).sum())
+        corr[lag] = float((x * y).sum() / den) if den > 0 else 0.0
+    best = max(corr, key=corr.get)
+    return {"r0": corr[0], "best_lag": best, "r_best": corr[best]}
+
+
+def make_clip(k: int, n_frames: int, margin: int, rng: np.random.Generator, driver: str = "envelope"):
+    """(frames uint8 [T, S, S, 3], speech audio, first video sample, opening agreement): a clip of
+    this recipe, with `margin` frames of speech on each side of the video's window for the shifts,
+    and how its mouth's opening agrees with the one the corpus' visemes give the same speech
+    (`opening_agreement`). `driver`
+    "viseme" moves the mouth by the corpus' viseme track of the synthesiser's phones instead of
+    the envelope, everything else kept: it tells which part of the recipe an expert fails on."""
     import cv2
 
+    if driver not in ("envelope", "viseme"):
+        raise ValueError(f"driver {driver!r}: expected 'envelope' or 'viseme'")
     photo = sorted(identities.PHOTOS)[k % len(identities.PHOTOS)]
     style = STYLES[k % len(STYLES)]
     spec = identities.IdentitySpec(name=f"unseen-{k}", photo=photo, **style)
@@ -99,7 +123,9 @@ def make_clip(k: int, n_frames: int, margin: int, rng: np.random.Generator):
     audio = sp.audio / (np.abs(sp.audio).max() or 1.0) * float(rng.uniform(0.4, 0.9))
     start = (len(audio) - n_frames * HOP) // 2  # the video's window, in the middle of the speech
     times = (start + (np.arange(n_frames) + 0.5) * HOP) / SAMPLE_RATE
-    mouth = envelope_track(audio, times)
+    phonemic = visemes.viseme_track(sp.phones, times)
+    mouth = envelope_track(audio, times) if driver == "envelope" else phonemic
+    agreement = opening_agreement(mouth[:, 0], phonemic[:, 0])
     frames = face_anim.render_clip(ident, mouth, rng)
     # twice the corpus' head motion: a second smooth sway on top of the renderer's
     sway = np.convolve(rng.normal(0, 1, n_frames + 8).cumsum(), np.ones(5) / 5, mode="valid")[:n_frames]
@@ -110,7 +136,7 @@ def make_clip(k: int, n_frames: int, margin: int, rng: np.random.Generator):
         m[:, 2] += (sway[i], -0.5 * sway[i])
         f = cv2.warpAffine(f, m, (256, 256), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
         out[i] = cv2.GaussianBlur(f, (0, 0), 0.8)
-    return out, audio.astype(np.float32), start
+    return out, audio.astype(np.float32), start, agreement
 
 
 def shifted(audio: np.ndarray, start: int, n_frames: int, shift: int) -> np.ndarray:
@@ -129,6 +155,12 @@ def main() -> int:
     ap.add_argument("--shifts", type=int, nargs="+", default=list(range(-8, 9)))
     ap.add_argument("--frames", type=int, default=50, help="frames per clip (2 s)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--driver",
+        choices=("envelope", "viseme"),
+        default="envelope",
+        help="what moves the mouth: the audio's envelope (the unseen recipe) or the corpus' visemes (an ablation)",
+    )
     ap.add_argument("--keep", default=None, help="keep the clips in this folder")
     ap.add_argument("--json", default=None, help="write every row here")
     args = ap.parse_args()
@@ -137,10 +169,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="unseen-") as tmp:
         folder = Path(args.keep or tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        videos, truth = [], {}
+        videos, truth, agreement = [], {}, {}
         for k in range(args.clips):
             rng = np.random.default_rng([args.seed, k, 4242])
-            frames, audio, start = make_clip(k, args.frames, margin, rng)
+            frames, audio, start, agreement[k] = make_clip(k, args.frames, margin, rng, args.driver)
             for s in args.shifts:
                 path = folder / f"clip{k}_shift{s:+d}.mp4"
                 ffmpeg.write_mp4(path, frames, FPS, shifted(audio, start, args.frames, s), SAMPLE_RATE, crf=28)
@@ -165,7 +197,11 @@ def main() -> int:
     for k in range(args.clips):
         miss = [f"{r['shift']:+d}->{r['offset']:+d}" for r in rows if r["clip"] == k and not r["hit"]]
         conf = np.mean([r["lse_c"] for r in rows if r["clip"] == k])
-        print(f"clip {k}: {len(miss)} misses (mean LSE-C {conf:.3f}) {' '.join(miss)}")
+        ag = agreement[k]
+        print(
+            f"clip {k}: {len(miss)} misses (mean LSE-C {conf:.3f}; opening vs the phonemes': r {ag['r0']:+.2f} "
+            f"at lag 0, {ag['r_best']:+.2f} at {ag['best_lag']:+d}) {' '.join(miss)}"
+        )
     misses = [r for r in rows if not r["hit"]]
     print(f"misses: {len(misses)}; flagged as weak evidence: {sum(r['flagged'] for r in misses)}; "
           f"confidently wrong: {sum(not r['flagged'] for r in misses)}")  # fmt: skip
@@ -175,7 +211,7 @@ def main() -> int:
     hits = [r["hit"] for r in rows] + [False] * len(failures)
     baseline = np.mean([abs(truth[str(v)][1]) <= 1 for v in videos])
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "failures": failures}, indent=1))
+        Path(args.json).write_text(json.dumps({"rows": rows, "failures": failures, "clips": agreement}, indent=1))
     print(f"baseline (offset 0 for every clip) within +-1: {baseline:.3f}")
     print(f"within +-1 frame: {np.mean(hits):.3f} of {len(hits)} (goal >= 0.90)")
     return 0

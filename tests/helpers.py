@@ -197,26 +197,29 @@ def lrw_from_corpus(corpus_dir, root, bad=True):
     return root
 
 
+def tiny_expert(**changes) -> dict:
+    """Settings for a sync expert small enough to train in seconds in a test, its audio encoder as
+    wide as its face encoder; `changes` add to them or override them."""
+    return (
+        dict(width=0.0625, audio_width=None, batch_size=16, windows_per_clip=4, val_samples=16, warmup_steps=2)
+        | changes
+    )
+
+
 def expert_params(params: dict) -> dict:
     """The processed LRW copy's params with a small expert that learns its train clips."""
     p = dict(params)
-    p["sync_expert"] = {
-        **params["sync_expert"],
-        **dict(
-            width=0.125,
-            audio_width=None,
-            batch_size=32,
-            windows_per_clip=8,
-            max_steps=300,
-            eval_every=100,
-            lr=1e-3,
-            augment=False,
-            patience=10,
-            val_samples=16,
-            log_every=1,
-            warmup_steps=2,
-        ),
-    }
+    learns = tiny_expert(
+        width=0.125,
+        batch_size=32,
+        windows_per_clip=8,
+        max_steps=300,
+        eval_every=100,
+        lr=1e-3,
+        augment=False,
+        patience=10,
+    )
+    p["sync_expert"] = {**params["sync_expert"], **learns, "log_every": 1}
     return p
 
 

@@ -224,6 +224,9 @@ def _build_one(args) -> dict:
     times = (np.arange(n) + 0.5) / fps  # each frame shows the middle of its 40 ms
     segs = [speech.Segment(p["label"], p["start"], p["end"]) for p in phones]
     mouth = visemes.viseme_track(segs, times)
+    if cfg.get("loudness_opening", 0.0) > 0:  # each clip its own strength, 0..loudness_opening
+        strength = float(np.random.default_rng(list(plan.seed) + [3]).uniform(0.0, cfg["loudness_opening"]))
+        mouth[:, 0] *= visemes.loudness_scale(audio, cfg["sample_rate"], times, strength)
     rng = np.random.default_rng(list(plan.seed) + [2])
     frames = face_anim.render_clip(_IDENTITIES[plan.identity], mouth, rng)
     stem = Path(out_dir) / plan.rel_stem

@@ -61,3 +61,18 @@ def viseme_track(phones: list[Segment], times: np.ndarray, smooth_s: float = 0.0
     padded = np.pad(target, ((radius, radius), (0, 0)), mode="edge")
     smooth = np.stack([np.convolve(padded[:, k], kernel, mode="valid") for k in range(3)], axis=1)
     return np.stack([np.interp(times, grid, smooth[:, k]) for k in range(3)], axis=1)
+
+
+def loudness_scale(audio: np.ndarray, sample_rate: int, times: np.ndarray, strength: float) -> np.ndarray:
+    """Factors [len(times)] for the jaw opening from the speech's loudness: louder speech opens the
+    mouth wider. The RMS over 80 ms around each time, relative to the clip's 95th percentile (clipped
+    to 0..1), mapped to 1 - strength + strength * level: 1 at the loudest, 1 - strength in silence."""
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"loudness strength {strength}: expected 0..1")
+    win = int(0.08 * sample_rate)
+    padded = np.pad(np.asarray(audio, np.float64), win)
+    centres = np.round(np.asarray(times) * sample_rate).astype(int) + win
+    taper = np.hanning(win)
+    rms = np.array([np.sqrt(np.mean((padded[c - win // 2 : c - win // 2 + win] * taper) ** 2)) for c in centres])
+    level = np.clip(rms / (np.percentile(rms, 95) + 1e-12), 0.0, 1.0)
+    return 1.0 - strength + strength * level

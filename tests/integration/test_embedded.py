@@ -150,6 +150,19 @@ def test_viseme_track_closes_on_bilabials_and_opens_on_vowels():
     assert track[2, 0] > 0.8 and track[1, 0] < 0.15 and track[0, 0] < 0.05 and track[3, 0] < 0.1
 
 
+def test_loudness_opens_the_mouth_wider_by_the_strength_asked():
+    sr = 16000
+    t = np.arange(sr) / sr
+    # a tone at full level for the first half second, at a fifth after it
+    audio = np.sin(2 * np.pi * 220 * t) * np.where(t < 0.5, 1.0, 0.2)
+    times = np.array([0.25, 0.75])
+    assert np.allclose(visemes.loudness_scale(audio, sr, times, 0.0), 1.0)
+    loud, quiet = visemes.loudness_scale(audio, sr, times, 0.8)
+    assert loud == pytest.approx(1.0) and quiet == pytest.approx(1 - 0.8 + 0.8 * 0.2, abs=0.02)
+    with pytest.raises(ValueError, match="loudness strength 1.5"):
+        visemes.loudness_scale(audio, sr, times, 1.5)
+
+
 def test_synthesis_is_offline_and_timed():
     sp = speech.synthesize("people think about the budget", "en-us+m3", 170)
     assert sp.sample_rate == 16000 and 1.0 < sp.duration < 3.0

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import talking_blobs
 import torch
-from helpers import default_params, fake_batch, run_cli
+from helpers import default_params, fake_batch, run_cli, tiny_expert
 
 from pipeline.errors import PipelineError
 from pipeline.models import memory as mem
@@ -607,16 +607,7 @@ def test_a_short_run_beats_the_composite_with_a_mouth_that_follows_the_audio(tmp
 
     talking_blobs.write_store(tmp_path / "data/processed/embedded", clips={"train": 24, "val": 6, "test": 2})
     p = default_params()
-    p["sync_expert"].update(
-        width=0.0625,
-        audio_width=None,
-        batch_size=16,
-        windows_per_clip=4,
-        max_steps=10,
-        eval_every=5,
-        val_samples=16,
-        warmup_steps=2,
-    )
+    p["sync_expert"].update(tiny_expert(max_steps=10, eval_every=5))
     p["sync_check"]["max_offset"] = 15  # the 10-step expert must not exclude clips
     p["generator"].update(PROOF_RUN)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from helpers import REPO, default_params, run_cli
+from helpers import REPO, default_params, run_cli, tiny_expert
 
 from pipeline.train import loop, sync_expert
 
@@ -23,22 +23,7 @@ def tiny_view(work, **changes):
     p = default_params()
     p["data"]["dataset"] = "lrw"
     cfg = p["sync_expert"]
-    cfg.update(
-        {
-            **dict(
-                width=0.0625,
-                audio_width=None,
-                batch_size=16,
-                windows_per_clip=4,
-                max_steps=6,
-                eval_every=3,
-                val_samples=16,
-                log_every=1,
-                warmup_steps=2,
-            ),
-            **changes,
-        }
-    )
+    cfg.update(tiny_expert(**{**dict(max_steps=6, eval_every=3, log_every=1), **changes}))
     return {"data": {"dataset": "lrw"}, "preprocess": {"img_size": 96}, "sync_expert": cfg}
 
 
