@@ -99,10 +99,10 @@ def opening_agreement(driven: np.ndarray, phonemic: np.ndarray, max_lag: int = 6
 def make_clip(k: int, n_frames: int, margin: int, rng: np.random.Generator, driver: str = "envelope"):
     """(frames uint8 [T, S, S, 3], speech audio, first video sample, opening agreement): a clip of
     this recipe, with `margin` frames of speech on each side of the video's window for the shifts,
-    and how its mouth's opening agrees with the one the corpus' visemes give the same speech
-    (`opening_agreement`). `driver`
-    "viseme" moves the mouth by the corpus' viseme track of the synthesiser's phones instead of
-    the envelope, everything else kept: it tells which part of the recipe an expert fails on."""
+    and how its mouth's opening agrees with the viseme track of the same speech
+    (`opening_agreement`). `driver` "viseme" moves the mouth by the viseme track of the
+    synthesiser's phones alone (the corpus' mouth with `loudness_opening` 0) instead of the
+    envelope, everything else kept: it tells which part of the recipe an expert fails on."""
     import cv2
 
     if driver not in ("envelope", "viseme"):
@@ -159,7 +159,7 @@ def main() -> int:
         "--driver",
         choices=("envelope", "viseme"),
         default="envelope",
-        help="what moves the mouth: the audio's envelope (the unseen recipe) or the corpus' visemes (an ablation)",
+        help="what moves the mouth: the audio's envelope (the unseen recipe) or the viseme track alone (an ablation)",
     )
     ap.add_argument("--keep", default=None, help="keep the clips in this folder")
     ap.add_argument("--json", default=None, help="write every row here")

@@ -2,8 +2,9 @@
 
 Each clip is a real photograph (see identities.PHOTOS) speaking a short synthesised phrase of LRW
 words with the clip's word in the middle, cut to 29 frames at 25 fps as LRW clips are cut from
-running speech. Mouth motion follows the synthesiser's phoneme timing, so audio-visual sync is
-exact and learnable. Seeded: the same params give the same frames and audio, byte for byte.
+running speech. Mouth motion follows the synthesiser's phoneme timing (the jaw opening scaled by
+the speech's loudness: data.embedded.loudness_opening), so audio-visual sync is exact and
+learnable. Seeded: the same params give the same frames and audio, byte for byte.
 Test identities (the last variant of each photo) and test voices are never seen in train/val.
 """
 
@@ -224,7 +225,7 @@ def _build_one(args) -> dict:
     times = (np.arange(n) + 0.5) / fps  # each frame shows the middle of its 40 ms
     segs = [speech.Segment(p["label"], p["start"], p["end"]) for p in phones]
     mouth = visemes.viseme_track(segs, times)
-    if cfg.get("loudness_opening", 0.0) > 0:  # each clip its own strength, 0..loudness_opening
+    if cfg["loudness_opening"] > 0:  # each clip its own strength, 0..loudness_opening
         strength = float(np.random.default_rng(list(plan.seed) + [3]).uniform(0.0, cfg["loudness_opening"]))
         mouth[:, 0] *= visemes.loudness_scale(audio, cfg["sample_rate"], times, strength)
     rng = np.random.default_rng(list(plan.seed) + [2])

@@ -65,8 +65,9 @@ def viseme_track(phones: list[Segment], times: np.ndarray, smooth_s: float = 0.0
 
 def loudness_scale(audio: np.ndarray, sample_rate: int, times: np.ndarray, strength: float) -> np.ndarray:
     """Factors [len(times)] for the jaw opening from the speech's loudness: louder speech opens the
-    mouth wider. The RMS over 80 ms around each time, relative to the clip's 95th percentile (clipped
-    to 0..1), mapped to 1 - strength + strength * level: 1 at the loudest, 1 - strength in silence."""
+    mouth wider. The RMS in an 80 ms Hann window centred on each time, relative to the clip's 95th
+    percentile (clipped to 0..1), mapped to 1 - strength + strength * level: 1 at the loudest,
+    1 - strength in silence."""
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"loudness strength {strength}: expected 0..1")
     win = int(0.08 * sample_rate)

@@ -155,12 +155,33 @@ def test_loudness_opens_the_mouth_wider_by_the_strength_asked():
     t = np.arange(sr) / sr
     # a tone at full level for the first half second, at a fifth after it
     audio = np.sin(2 * np.pi * 220 * t) * np.where(t < 0.5, 1.0, 0.2)
-    times = np.array([0.25, 0.75])
+    times = np.array([0.25, 0.75, 0.46, 0.5, 0.54])
     assert np.allclose(visemes.loudness_scale(audio, sr, times, 0.0), 1.0)
-    loud, quiet = visemes.loudness_scale(audio, sr, times, 0.8)
+    loud, quiet, before, at, after = visemes.loudness_scale(audio, sr, times, 0.8)
     assert loud == pytest.approx(1.0) and quiet == pytest.approx(1 - 0.8 + 0.8 * 0.2, abs=0.02)
+    # the window is centred on each time: symmetric about the step, halfway at it
+    assert before == pytest.approx(1.0, abs=0.01) and after == pytest.approx(quiet, abs=0.01)
+    assert quiet + 0.1 < at < loud - 0.1
     with pytest.raises(ValueError, match="loudness strength 1.5"):
         visemes.loudness_scale(audio, sr, times, 1.5)
+
+
+def test_the_jaw_opening_is_the_visemes_scaled_by_loudness(corpus):
+    cfg, out, _ = corpus
+    assert cfg["loudness_opening"] > 0
+    lowest = []
+    for path in sorted(out.glob("lipread_mp4/*/*/*.json")):
+        meta = json.loads(path.read_text())
+        segs = [speech.Segment(p["label"], p["start"], p["end"]) for p in meta["phones"]]
+        phonemic = visemes.viseme_track(segs, (np.arange(cfg["n_frames"]) + 0.5) / cfg["fps"])
+        mouth = np.array(meta["mouth"])
+        assert np.allclose(mouth[:, 1:], phonemic[:, 1:], atol=1e-4), path  # width and rounding: the phonemes'
+        opens = phonemic[:, 0] > 0.05
+        ratio = mouth[opens, 0] / phonemic[opens, 0]
+        assert (ratio <= 1 + 2e-3).all() and (ratio >= 1 - cfg["loudness_opening"] - 2e-3).all(), path
+        assert (mouth[~opens, 0] <= phonemic[~opens, 0] + 1e-4).all(), path  # a closed mouth stays closed
+        lowest.append(ratio.min())
+    assert min(lowest) < 0.9, lowest  # quiet phonemes of some clip open less than their visemes
 
 
 def test_synthesis_is_offline_and_timed():
