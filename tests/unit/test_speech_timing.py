@@ -35,6 +35,9 @@ def test_the_phones_are_where_the_audio_is_loud(voice):
     sp = speech.synthesize(TEXT, name, 170, pitch, pitch_range)
     times = (np.arange(len(sp.audio) // (SAMPLE_RATE // FPS)) + 0.5) / FPS
     level = visemes.loudness_scale(sp.audio, SAMPLE_RATE, times, 1.0)
-    assert best_lag(level, visemes.viseme_track(sp.phones, times)[:, 0]) in (-1, 0)
-    # the check sees phones reported 3 frames late (the audio then leads the mouth by 3)
-    assert best_lag(level, visemes.viseme_track(shifted(sp.phones, 3 / FPS), times)[:, 0]) in (-4, -3)
+    # measured: -1 on these voices (the loudness rises up to a frame before the viseme opening);
+    # one frame either side is accepted
+    assert best_lag(level, visemes.viseme_track(sp.phones, times)[:, 0]) in (-2, -1, 0)
+    # the check sees phones reported 3 frames late or early (measured -4 and +2)
+    assert best_lag(level, visemes.viseme_track(shifted(sp.phones, 3 / FPS), times)[:, 0]) in (-5, -4, -3)
+    assert best_lag(level, visemes.viseme_track(shifted(sp.phones, -3 / FPS), times)[:, 0]) in (1, 2, 3)
